@@ -1,0 +1,34 @@
+# Two commands: `make run` (start the embedded stack) and `make test` (set up and run every check).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+.PHONY: run test lint bench clean
+
+$(VENV)/.run-deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -e '.[cpu-engine]'
+	touch $@
+
+$(VENV)/.dev-deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -e '.[cpu-engine,dev]'
+	touch $@ $(VENV)/.run-deps
+
+run: $(VENV)/.run-deps
+	$(BIN)/sovits-gateway stack
+
+lint: $(VENV)/.dev-deps
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/mypy gateway
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.dev-deps
+	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.load
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

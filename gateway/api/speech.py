@@ -1,0 +1,155 @@
+"""OpenAI-compatible speech: `POST /v1/audio/speech`, `GET /v1/audio/voices`, `GET /v1/models`.
+
+The official OpenAI SDK sends `model`, `input`, `voice`, `response_format`, `speed` (and maybe `instructions`,
+`stream_format`); it sends no language, so the text language defaults to the voice's prompt language, else `auto`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from gateway.api.context import request_timeout, services, unless_disconnected
+from gateway.api.params import EngineKnobs, parse_params
+from gateway.api.uploads import read_json, read_multipart
+from gateway.audio.convert import OUTPUT_FORMATS, encode
+from gateway.audio.wav import wav_samples
+from gateway.errors import BadRequest, NotFound
+from gateway.services.context import Services
+from gateway.services.streaming import STREAM_FORMATS, open_stream
+from gateway.services.synthesis import ResolvedReference, build_request, resolve_reference
+from gateway.voices.store import Voice
+
+router = APIRouter()
+
+#: OpenAI's built-in voice names: clients such as Open WebUI send these by default; they map to the default voice.
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse", "marin", "cedar"}
+)
+
+
+class VoiceRef(BaseModel):
+    """The SDK's custom-voice form: `voice={"id": "voice_..."}`."""
+
+    id: str = Field(min_length=1, max_length=128)
+
+
+class SpeechParams(EngineKnobs):
+    """The OpenAI request plus our extras; `speed` follows OpenAI's 0.25–4 range (→ the engine's speed factor)."""
+
+    model: str = "gpt-sovits"  # any value; a GATEWAY_MODELS name also selects those weights
+    input: str = Field(min_length=1)
+    voice: str | VoiceRef | None = None
+    response_format: str = "mp3"
+    stream: bool = False
+    stream_format: Literal["audio"] = "audio"
+    sample_rate: int | None = Field(None, ge=8000, le=48000)
+    instructions: str | None = None  # accepted for SDK compatibility; GPT-SoVITS takes its style from the reference
+    text_language: str | None = None
+    prompt_text: str | None = Field(None, max_length=1000)
+    prompt_language: str | None = None
+    reference_text: str | None = Field(None, max_length=1000)  # izwi's name for prompt_text (multipart variant)
+
+
+def _voice_for(svc: Services, voice: str | VoiceRef | None) -> Voice | None:
+    """Resolve `voice` by id or name; OpenAI's stock names fall back to the default voice when one is set."""
+    name = voice.id if isinstance(voice, VoiceRef) else voice
+    if not name:
+        return None
+    try:
+        return svc.voices.resolve(name)
+    except NotFound:
+        if name.lower() in OPENAI_VOICES and svc.voices.default() is not None:
+            return None
+        known = ", ".join(v.name for v in svc.voices.list()) or "none yet; create one with POST /v1/voices"
+        raise NotFound(f"voice '{name[:64]}' does not exist; voices: {known}", code="voice_not_found") from None
+
+
+def _check_format(params: SpeechParams) -> None:
+    allowed = STREAM_FORMATS if params.stream else tuple(OUTPUT_FORMATS)
+    if params.response_format not in allowed:
+        mode = "streaming " if params.stream else ""
+        raise BadRequest(
+            f"response_format '{params.response_format[:32]}' is not supported for {mode}speech; "
+            f"supported: {', '.join(allowed)}",
+            code="unsupported_format",
+            supported=list(allowed),
+        )
+
+
+async def _read_speech_request(request: Request, svc: Services) -> tuple[SpeechParams, bytes | None]:
+    limit = svc.settings.max_upload_bytes
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await read_multipart(request, max_file_bytes=limit)
+        upload = form.files.get("reference_audio")
+        return parse_params(SpeechParams, dict(form.fields)), upload.data if upload else None
+    return parse_params(SpeechParams, await read_json(request, max_bytes=1_000_000)), None
+
+
+@router.post("/v1/audio/speech", summary="OpenAI-compatible text to speech with a saved or uploaded voice")
+async def speech(request: Request) -> Response:
+    svc = services(request)
+    timeout = request_timeout(request)
+    params, audio = await _read_speech_request(request, svc)
+    _check_format(params)
+    voice = None if audio is not None else _voice_for(svc, params.voice)
+    reference: ResolvedReference = await resolve_reference(
+        svc,
+        audio=audio,
+        voice_id=voice.id if voice else None,
+        prompt_text=params.prompt_text or params.reference_text or "",
+        prompt_language=params.prompt_language,
+    )
+    knobs = params.model_copy(update={"model": params.model if params.model in svc.settings.models else None})
+    synthesis = build_request(
+        svc,
+        text=params.input,
+        text_language=params.text_language or reference.prompt_language or "auto",
+        reference=reference,
+        knobs=knobs,
+        streaming=params.stream,
+    )
+    if params.stream:
+        fmt: Literal["wav", "pcm"] = "wav" if params.response_format == "wav" else "pcm"
+        rate, body = await unless_disconnected(
+            request, open_stream(svc, synthesis, fmt, target_rate=params.sample_rate, timeout=timeout)
+        )
+        return StreamingResponse(body, media_type=OUTPUT_FORMATS[fmt], headers=_audio_headers(rate, reference))
+    result = await unless_disconnected(request, svc.pool.synthesize(synthesis, timeout=timeout))
+    svc.metrics.audio_seconds.inc(result.duration)
+    if params.response_format == "wav" and params.sample_rate in (None, result.sample_rate):
+        data, rate = result.wav, result.sample_rate  # already a PCM16 WAV: no re-encode
+    else:
+        samples, source_rate = wav_samples(result.wav)
+        data, rate = await anyio.to_thread.run_sync(
+            lambda: encode(samples, source_rate, params.response_format, target_rate=params.sample_rate)
+        )
+    headers = _audio_headers(rate, reference)
+    headers["X-Audio-Duration"] = f"{result.duration:.3f}"
+    headers["X-Engine"] = result.engine.url
+    headers["X-Engine-Attempts"] = str(result.attempts)
+    return Response(data, media_type=OUTPUT_FORMATS[params.response_format], headers=headers)
+
+
+def _audio_headers(rate: int, reference: ResolvedReference) -> dict[str, str]:
+    headers = {"X-Sample-Rate": str(rate), "X-Reference-Id": reference.reference_id}
+    if reference.voice_id:
+        headers["X-Voice-Id"] = reference.voice_id
+    return headers
+
+
+@router.get("/v1/audio/voices", summary="Voices for OpenAI-style clients: {voices: [{id, name}]}")
+async def audio_voices(request: Request) -> dict[str, list[dict[str, str]]]:
+    voices = await anyio.to_thread.run_sync(services(request).voices.list)
+    return {"voices": [{"id": v.id, "name": v.name} for v in voices]}
+
+
+@router.get("/v1/models", summary="Models that can be asked for in `model`")
+async def models(request: Request) -> dict[str, Any]:
+    names = ["gpt-sovits", *sorted(services(request).settings.models)]
+    return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "sovits-gateway"} for n in names]}
+

@@ -1,0 +1,178 @@
+"""Streaming multipart/JSON body reading with byte caps, so an oversize upload costs no memory.
+
+Starlette's `request.form()` spools whole files before a route sees them and has no file-size cap; this reader
+parses the stream as it arrives (python-multipart) and stops at the cap with a 413.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from gateway.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMedia
+
+#: Text fields are small; this bounds a hostile client sending a huge "text" part.
+MAX_FIELD_BYTES = 256 * 1024
+#: After refusing an upload we keep reading (and discarding) this much so the client can read our 413.
+DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class UploadedFile:
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclass
+class Form:
+    fields: dict[str, str] = field(default_factory=dict)
+    files: dict[str, UploadedFile] = field(default_factory=dict)
+
+
+class _FormBuilder:
+    """python-multipart callbacks that collect parts while enforcing per-part caps."""
+
+    def __init__(self, max_file_bytes: int) -> None:
+        self.form = Form()
+        self.max_file_bytes = max_file_bytes
+        self._headers: dict[bytes, bytes] = {}
+        self._header_field = b""
+        self._header_value = b""
+        self._buffer = bytearray()
+        self._name = ""
+        self._filename: str | None = None
+        self._is_file = False
+
+    def on_part_begin(self) -> None:
+        self._headers, self._buffer = {}, bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field, self._header_value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = options.get(b"name", b"").decode("utf-8", "replace")
+        raw_filename = options.get(b"filename")
+        self._is_file = raw_filename is not None
+        self._filename = raw_filename.decode("utf-8", "replace") if raw_filename is not None else None
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self._buffer += data[start:end]
+        if self._is_file and len(self._buffer) > self.max_file_bytes:
+            raise PayloadTooLarge(
+                f"file field '{self._name}' is larger than the {self.max_file_bytes} byte limit",
+                limit_bytes=self.max_file_bytes,
+            )
+        if not self._is_file and len(self._buffer) > MAX_FIELD_BYTES:
+            raise PayloadTooLarge(f"field '{self._name}' is larger than {MAX_FIELD_BYTES} bytes")
+
+    def on_part_end(self) -> None:
+        if self._is_file:
+            content_type = self._headers.get(b"content-type")
+            self.form.files[self._name] = UploadedFile(
+                self._filename, content_type.decode("latin-1") if content_type else None, bytes(self._buffer)
+            )
+        else:
+            try:
+                self.form.fields[self._name] = self._buffer.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"field '{self._name}' is not valid UTF-8") from exc
+
+
+async def _drain(request: Request) -> None:
+    """Read and discard the rest of a refused body (bounded), so the client gets our answer, not a reset."""
+    drained = 0
+    try:
+        async for chunk in request.stream():
+            drained += len(chunk)
+            if drained > DRAIN_LIMIT_BYTES:
+                break
+    except Exception:  # noqa: BLE001 - the client may already be gone; the answer is decided anyway
+        return
+
+
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None
+
+
+async def read_multipart(request: Request, *, max_file_bytes: int) -> Form:
+    """Parse a multipart/form-data body as it streams in; 413 as soon as a part passes its cap.
+
+    A urlencoded form (no files, e.g. `curl -d text=... -d voice_id=...`) is accepted too.
+    """
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type == b"application/x-www-form-urlencoded":
+        raw = await _read_capped(request, MAX_FIELD_BYTES)
+        try:
+            return Form(fields=dict(urllib.parse.parse_qsl(raw.decode("utf-8"), keep_blank_values=True)))
+        except UnicodeDecodeError as exc:
+            raise InvalidInput("form body is not valid UTF-8") from exc
+    boundary = options.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise UnsupportedMedia("expected a multipart/form-data body with a boundary")
+    declared = _declared_length(request)
+    if declared is not None and declared > max_file_bytes + 2 * MAX_FIELD_BYTES:
+        await _drain(request)
+        raise PayloadTooLarge(
+            f"request body is {declared} bytes; the upload limit is {max_file_bytes} bytes",
+            limit_bytes=max_file_bytes,
+        )
+    builder = _FormBuilder(max_file_bytes)
+    callbacks = {
+        name: getattr(builder, name)
+        for name in ("on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",
+                     "on_header_end", "on_headers_finished")
+    }
+    parser = MultipartParser(boundary, callbacks=callbacks)  # type: ignore[arg-type]
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except PayloadTooLarge:
+        await _drain(request)
+        raise
+    except (InvalidInput, BadRequest):
+        raise
+    except Exception as exc:  # malformed multipart from python-multipart
+        raise BadRequest(f"malformed multipart body: {exc}", code="malformed_body") from exc
+    return builder.form
+
+
+async def _read_capped(request: Request, max_bytes: int) -> bytes:
+    declared = _declared_length(request)
+    if declared is not None and declared > max_bytes:
+        await _drain(request)
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            await _drain(request)
+            raise PayloadTooLarge(f"request body is larger than the {max_bytes} byte limit")
+    return bytes(body)
+
+
+async def read_json(request: Request, *, max_bytes: int) -> dict[str, Any]:
+    """Read a JSON object body with a byte cap (base64 references make these large)."""
+    body = await _read_capped(request, max_bytes)
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", code="malformed_body") from exc
+    if not isinstance(parsed, dict):
+        raise InvalidInput("JSON body must be an object")
+    return parsed

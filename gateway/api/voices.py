@@ -1,0 +1,100 @@
+"""The voice library: register a reference once, reuse it by id or name."""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field
+
+from gateway.api.context import services
+from gateway.api.params import parse_params
+from gateway.api.uploads import read_json, read_multipart
+from gateway.errors import InvalidInput
+from gateway.services.references import intake_reference
+from gateway.services.synthesis import check_language, resolve_weights
+from gateway.voices.store import Voice
+
+router = APIRouter(prefix="/v1/voices", tags=["voices"])
+
+
+class VoiceFields(BaseModel):
+    """Multipart fields of `POST /v1/voices` (the reference is the `audio` file)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    prompt_text: str = Field("", max_length=1000)
+    prompt_language: str = "auto"
+    description: str | None = Field(None, max_length=1000)
+    model: str | None = Field(None, max_length=128, description="a GATEWAY_MODELS name: engine weights to use")
+    trim_reference: bool = False
+
+
+class DefaultVoice(BaseModel):
+    voice_id: str | None
+
+
+@router.post("", status_code=201, summary="Create a voice from a reference recording")
+async def create_voice(request: Request) -> Voice:
+    svc = services(request)
+    form = await read_multipart(request, max_file_bytes=svc.settings.max_upload_bytes)
+    fields = parse_params(VoiceFields, dict(form.fields))
+    upload = form.files.get("audio")
+    if upload is None:
+        raise InvalidInput("the reference recording is required as the 'audio' file field", code="missing_reference")
+    language = check_language(svc, fields.prompt_language, "prompt_language")
+    weights = resolve_weights(svc, fields.model)
+    reference, _ = await intake_reference(
+        upload.data, svc.settings, svc.metrics, trim_to_max=fields.trim_reference
+    )
+    return await anyio.to_thread.run_sync(
+        lambda: svc.voices.create(
+            name=fields.name,
+            reference=reference,
+            prompt_text=fields.prompt_text,
+            prompt_language=language,
+            description=fields.description,
+            weights=weights,
+        )
+    )
+
+
+@router.get("", summary="List voices")
+async def list_voices(request: Request) -> dict[str, list[Voice]]:
+    return {"voices": await anyio.to_thread.run_sync(services(request).voices.list)}
+
+
+@router.get("/default", summary="The default voice (used when a request names neither audio nor voice)")
+async def get_default(request: Request) -> DefaultVoice:
+    voice = await anyio.to_thread.run_sync(services(request).voices.default)
+    return DefaultVoice(voice_id=voice.id if voice else None)
+
+
+@router.put("/default", summary="Set (or with null, clear) the default voice")
+async def set_default(request: Request) -> DefaultVoice:
+    body = parse_params(DefaultVoice, await read_json(request, max_bytes=10_000))
+    await anyio.to_thread.run_sync(services(request).voices.set_default, body.voice_id)
+    return body
+
+
+@router.delete("/default", status_code=204, summary="Clear the default voice")
+async def clear_default(request: Request) -> Response:
+    await anyio.to_thread.run_sync(services(request).voices.set_default, None)
+    return Response(status_code=204)
+
+
+@router.get("/{voice_id}", summary="One voice")
+async def get_voice(request: Request, voice_id: str) -> Voice:
+    return await anyio.to_thread.run_sync(services(request).voices.get, voice_id)
+
+
+@router.get("/{voice_id}/audio", summary="Download the voice's normalised reference (PCM16 mono WAV)")
+async def get_voice_audio(request: Request, voice_id: str) -> FileResponse:
+    store = services(request).voices
+    voice = await anyio.to_thread.run_sync(store.get, voice_id)
+    return FileResponse(store.reference_path(voice), media_type="audio/wav", filename=f"{voice.name}.wav")
+
+
+@router.delete("/{voice_id}", status_code=204, summary="Delete a voice (its reference file stays shared)")
+async def delete_voice(request: Request, voice_id: str) -> Response:
+    await anyio.to_thread.run_sync(services(request).voices.delete, voice_id)
+    return Response(status_code=204)

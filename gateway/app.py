@@ -1,0 +1,62 @@
+"""`create_app(settings)`: wiring only — the pool, the voice store and the routes; no logic here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from gateway import __version__
+from gateway.api import health, speech, voice_clone, voices
+from gateway.api.context import ClientDisconnected, RequestContext
+from gateway.engine.pool import EnginePool
+from gateway.errors import install_error_handlers
+from gateway.metrics import Metrics
+from gateway.services.context import Services
+from gateway.settings import Settings
+from gateway.voices.store import VoiceStore
+
+log = logging.getLogger("gateway")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.refs_dir.mkdir(parents=True, exist_ok=True)
+        settings.voices_dir.mkdir(parents=True, exist_ok=True)
+        pool = EnginePool(settings, metrics)
+        await pool.start()
+        app.state.services = Services(
+            settings=settings,
+            metrics=metrics,
+            pool=pool,
+            voices=VoiceStore(settings.voices_dir, settings.refs_dir),
+        )
+        log.info("gateway ready: engines=%s shared_dir=%s", ",".join(settings.engines), settings.shared_dir)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="sovits-gateway",
+        version=__version__,
+        description="Production gateway in front of GPT-SoVITS voice-cloning engines.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(request: Request, exc: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+    for module in (voice_clone, speech, voices, health):
+        app.include_router(module.router)
+    app.add_middleware(RequestContext, metrics=metrics)
+    return app

@@ -1,0 +1,365 @@
+"""One GPT-SoVITS engine over HTTP: flavour detection, synthesis, streaming, weight switches, probes.
+
+The client never retries (the pool is the only retry loop) and never decides *where* to go next: it turns
+every engine answer into either a checked result or one typed EngineError that says whether another
+attempt can help:
+
+- connection refused / reset / closed before any response byte → EngineUnavailable (retryable: the
+  request never ran; engine-protocol §11: a keep-alive connection is reset after an engine 500)
+- no answer before the deadline → EngineTimeout (not retried: the engine may still be working on it)
+- non-200 → classified by the flavour's protocol module (EngineRejected or EngineBadResponse)
+- 200 with a body that is not a usable WAV (truncated, garbage, 0 frames, the 16 kHz silence
+  placeholder) → EngineBadResponse (retryable)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import httpx
+
+from gateway.audio.wav import (
+    PLACEHOLDER_RATE,
+    STREAMING_HEADER_SIZE,
+    WavInfo,
+    is_silence_placeholder,
+    parse_wav,
+)
+from gateway.engine import protocol_v1, protocol_v2
+from gateway.engine.stream import EngineStream, next_piece, stream_from_wav
+from gateway.engine.types import EngineInfo, SynthesisRequest, SynthesisResult
+from gateway.errors import EngineBadResponse, EngineError, EngineRejected, EngineTimeout, EngineUnavailable
+from gateway.settings import ModelWeights, Settings
+
+__all__ = ["EngineStream", "VoiceCloner"]
+
+#: Output rates that identify the loaded model version (engine-protocol §3.8); 32 kHz is v1/v2/v2Pro alike.
+_VERSION_BY_RATE = {24000: "v3", 48000: "v4"}
+_ERROR_BODY_LIMIT = 64 * 1024
+# A streaming header longer than this without a data chunk is not a header.
+_STREAM_HEADER_LIMIT = 4096
+
+Classifier = Callable[[int, bytes, str], EngineError]
+
+
+class VoiceCloner:
+    """The client for one engine URL: one keep-alive httpx.AsyncClient, no retries of its own."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.url = url.rstrip("/")
+        self._settings = settings
+        self._forced_flavor = None if settings.engine_flavor == "auto" else settings.engine_flavor
+        self.info = EngineInfo(url=self.url, flavor=self._forced_flavor or "unknown")
+        # retries=0: httpx must not silently resend a synthesis; the pool decides where a retry goes.
+        transport = httpx.AsyncHTTPTransport(
+            retries=0,
+            limits=httpx.Limits(max_connections=settings.engine_concurrency + 2, keepalive_expiry=30.0),
+        )
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            transport=transport,
+            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+            follow_redirects=False,
+        )
+
+    # ------------------------------------------------------------------ discovery and probes
+
+    async def detect_flavor(self) -> str:
+        """api_v2 or api.py, from the paths in /openapi.json (settings.engine_flavor forces it)."""
+        if self._forced_flavor:
+            return self._forced_flavor
+        status, body = await self._quick_get("/openapi.json")
+        if status != 200:
+            raise EngineBadResponse(f"engine {self.url} answered HTTP {status} on /openapi.json", engine=self.url)
+        try:
+            paths = set(json.loads(body).get("paths", {}))
+        except (ValueError, AttributeError) as exc:
+            raise EngineBadResponse(f"engine {self.url} sent an unreadable /openapi.json", engine=self.url) from exc
+        if {protocol_v2.SYNTHESIS_PATH, protocol_v2.SET_GPT_PATH} <= paths:
+            flavor = "v2"
+        elif {protocol_v1.SYNTHESIS_PATH, protocol_v1.SET_MODEL_PATH, "/change_refer"} <= paths:
+            flavor = "v1"
+        else:
+            raise EngineBadResponse(
+                f"engine {self.url} is neither api_v2.py (/tts) nor api.py (/, /set_model): paths {sorted(paths)}",
+                engine=self.url,
+            )
+        self.info = replace(self.info, flavor=flavor)
+        return flavor
+
+    async def is_available(self) -> bool:
+        """/openapi.json answers 200 within connect_timeout. api_v2 answers nothing while it synthesizes,
+        so callers must only ask an idle engine."""
+        try:
+            status, _ = await self._quick_get("/openapi.json")
+        except EngineError:
+            return False
+        return status == 200
+
+    async def probe_version(self) -> str | None:
+        """Learn an idle api_v2 engine's loaded model version from a validation-only request.
+
+        `text_lang=__` fails validation with `... is not supported in version vN` before any synthesis,
+        so this costs nothing on the engine. api.py has no such route: None.
+        """
+        if self.info.flavor != "v2":
+            return self.info.version
+        status, body = await self._quick_get(protocol_v2.SYNTHESIS_PATH, protocol_v2.VERSION_PROBE_PARAMS)
+        version = protocol_v2.version_from_error(body) if status == 400 else None
+        if version:
+            self.info = replace(self.info, version=version)
+        return version
+
+    async def _quick_get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """A small GET bounded by connect_timeout as a whole (probes must never hang)."""
+        limit = self._settings.connect_timeout
+        try:
+            async with asyncio.timeout(limit):
+                response = await self._http.get(path, params=params, timeout=httpx.Timeout(limit))
+        except TimeoutError:
+            message = f"engine {self.url} did not answer {path} within {limit:g}s"
+            raise EngineUnavailable(message, engine=self.url) from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, responded=False) from exc
+        return response.status_code, response.content
+
+    async def _ensure_flavor(self) -> str:
+        if self.info.flavor == "unknown":
+            return await self.detect_flavor()
+        return self.info.flavor
+
+    # ------------------------------------------------------------------ synthesis
+
+    async def synthesize(self, req: SynthesisRequest, *, timeout: float) -> SynthesisResult:
+        """One whole-file synthesis within `timeout` seconds, checked before it counts as a success."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout if timeout > 0 else 0):
+                flavor = await self._ensure_flavor()
+                path, body, warnings, classify = self._synthesis_call(req, flavor, streaming=False)
+                data = await self._post_for_body(path, body, timeout, classify)
+        except TimeoutError:
+            raise EngineTimeout(f"engine {self.url} did not answer within {timeout:.1f}s", engine=self.url) from None
+        info = self._check_wav(data)
+        return SynthesisResult(
+            wav=data,
+            sample_rate=info.sample_rate,
+            frames=info.frames,
+            engine=self.info,
+            engine_seconds=time.monotonic() - started,
+            warnings=warnings,
+        )
+
+    def _synthesis_call(
+        self, req: SynthesisRequest, flavor: str, *, streaming: bool
+    ) -> tuple[str, dict[str, Any], list[str], Classifier]:
+        if flavor == "v1":
+            protocol_v1.check_request(req, self.url)
+            body, warnings = protocol_v1.build_synthesis_body(req)
+            return protocol_v1.SYNTHESIS_PATH, body, warnings, protocol_v1.classify_error
+        body, warnings = protocol_v2.build_tts_body(req, streaming=streaming)
+        return protocol_v2.SYNTHESIS_PATH, body, warnings, protocol_v2.classify_error
+
+    def _timeouts(self, seconds: float) -> httpx.Timeout:
+        return httpx.Timeout(seconds, connect=min(self._settings.connect_timeout, seconds))
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, responded=False) from exc
+
+    async def _post_for_body(self, path: str, body: dict[str, Any], timeout: float, classify: Classifier) -> bytes:
+        request = self._http.build_request("POST", path, json=body, timeout=self._timeouts(timeout))
+        response = await self._send(request)
+        try:
+            if response.status_code != 200:
+                raise await self._error_from(response, classify)
+            pieces = [piece async for piece in response.aiter_raw()]
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, responded=True) from exc
+        finally:
+            await response.aclose()
+        data = b"".join(pieces)
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) != len(data):
+            raise EngineBadResponse(f"engine {self.url} sent {len(data)} of {declared} bytes", engine=self.url)
+        return data
+
+    async def _error_from(self, response: httpx.Response, classify: Classifier) -> EngineError:
+        """Classify a non-200 answer. A 5xx body is not read: closing an unread response drops the
+        connection, and after a 500 the engine drops it anyway (§11), so it is never reused."""
+        body = b""
+        if response.status_code < 500:
+            async for piece in response.aiter_raw():
+                body += piece
+                if len(body) > _ERROR_BODY_LIMIT:
+                    break
+            if self.info.flavor == "v2" and (version := protocol_v2.version_from_error(body)):
+                self.info = replace(self.info, version=version)
+        return classify(response.status_code, body, self.url)
+
+    def _transport_error(self, exc: httpx.HTTPError, *, responded: bool) -> EngineError:
+        where = f"engine {self.url}"
+        if isinstance(exc, httpx.ConnectTimeout):
+            return EngineUnavailable(f"{where} did not accept a connection: {exc!r}", engine=self.url)
+        if isinstance(exc, httpx.ConnectError):
+            return EngineUnavailable(f"{where} refused the connection: {exc}", engine=self.url)
+        if isinstance(exc, httpx.TimeoutException):
+            return EngineTimeout(f"{where} did not answer in time ({type(exc).__name__})", engine=self.url)
+        if not responded and isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+            return EngineUnavailable(f"{where} closed the connection before answering: {exc}", engine=self.url)
+        return EngineBadResponse(f"{where} cut the answer short: {exc}", engine=self.url)
+
+    def _check_wav(self, data: bytes) -> WavInfo:
+        """A success must be a readable, non-empty WAV that is not the engine's error placeholder."""
+        try:
+            info = parse_wav(data)
+        except ValueError as exc:
+            raise EngineBadResponse(
+                f"engine {self.url} returned unusable audio ({len(data)} bytes): {exc}", engine=self.url
+            ) from exc
+        if is_silence_placeholder(data):
+            raise EngineBadResponse(
+                f"engine {self.url} returned its error placeholder (1 s of 16 kHz silence): "
+                "the synthesis failed inside the engine",
+                engine=self.url,
+                code="engine_silence",
+            )
+        if info.frames == 0:
+            raise EngineBadResponse(f"engine {self.url} returned a WAV with no audio", engine=self.url)
+        self._learn_version_from_rate(info.sample_rate)
+        return info
+
+    def _learn_version_from_rate(self, rate: int) -> None:
+        known = self.info.version
+        if rate in _VERSION_BY_RATE:
+            self.info = replace(self.info, version=_VERSION_BY_RATE[rate])
+        elif rate == 32000 and known in ("v3", "v4"):
+            self.info = replace(self.info, version=None)  # the weights changed under us
+
+    # ------------------------------------------------------------------ streaming
+
+    @asynccontextmanager
+    async def stream(self, req: SynthesisRequest, *, timeout: float) -> AsyncIterator[EngineStream]:
+        """Open a streaming synthesis; on entry the header and the first audio bytes have arrived.
+
+        Leaving the context closes the upstream response, so the engine stops at its next chunk.
+        api.py streams only Ogg/AAC (server-wide flag), so for v1 engines this is a whole-file synthesis
+        handed on as PCM: correct, just without early audio.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                flavor = await self._ensure_flavor()
+        except TimeoutError:
+            raise EngineTimeout(f"engine {self.url} did not answer in time", engine=self.url) from None
+        if flavor == "v1":
+            result = await self.synthesize(req, timeout=deadline - asyncio.get_running_loop().time())
+            yield stream_from_wav(result, deadline)
+            return
+        path, body, warnings, classify = self._synthesis_call(req, flavor, streaming=True)
+        request = self._http.build_request("POST", path, json=body, timeout=self._timeouts(timeout))
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._send(request)
+        except TimeoutError:
+            raise EngineTimeout(f"engine {self.url} did not answer within {timeout:.1f}s", engine=self.url) from None
+        try:
+            if response.status_code != 200:
+                raise await self._error_from(response, classify)
+            stream = await self._open_stream(response.aiter_raw(), deadline, warnings)
+            yield stream
+        finally:
+            await response.aclose()
+
+    async def _open_stream(self, body: AsyncIterator[bytes], deadline: float, warnings: list[str]) -> EngineStream:
+        """Read the streaming WAV header and at least one PCM byte: the point of no retry."""
+        buffer = b""
+        while True:
+            piece = await next_piece(body, deadline, self.url)
+            if piece is None:
+                raise EngineBadResponse(
+                    f"engine {self.url} ended the stream before any audio ({len(buffer)} bytes)", engine=self.url
+                )
+            buffer += piece
+            if len(buffer) <= STREAMING_HEADER_SIZE:
+                continue
+            try:
+                header = parse_wav(buffer)
+            except ValueError as exc:
+                if buffer.startswith(b"RIFF") and len(buffer) < _STREAM_HEADER_LIMIT:
+                    continue  # a header split across reads
+                raise EngineBadResponse(f"engine {self.url} sent a bad stream header: {exc}", engine=self.url) from exc
+            if len(buffer) > header.data_offset:
+                break
+        if header.sample_rate == PLACEHOLDER_RATE or header.channels != 1 or header.bits_per_sample != 16:
+            raise EngineBadResponse(
+                f"engine {self.url} streamed {header.channels} x {header.bits_per_sample}-bit audio at "
+                f"{header.sample_rate} Hz (16 kHz is its error placeholder)",
+                engine=self.url,
+            )
+        self._learn_version_from_rate(header.sample_rate)
+        return EngineStream(self.info, header.sample_rate, buffer[header.data_offset :], body, deadline, warnings)
+
+    # ------------------------------------------------------------------ weights
+
+    async def load_weights(self, weights: ModelWeights, *, timeout: float | None = None) -> None:
+        """Switch the engine's global model (v2: GPT then SoVITS; v1: both at once via /set_model)."""
+        limit = self._settings.read_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit if limit > 0 else 0):
+                if await self._ensure_flavor() == "v1":
+                    params = protocol_v1.set_model_params(weights, self.url)
+                    await self._control(protocol_v1.SET_MODEL_PATH, params, "model", limit)
+                else:
+                    if weights.gpt:
+                        await self._control(protocol_v2.SET_GPT_PATH, {"weights_path": weights.gpt}, "GPT", limit)
+                    if weights.sovits:
+                        params = {"weights_path": weights.sovits}
+                        await self._control(protocol_v2.SET_SOVITS_PATH, params, "SoVITS", limit)
+                self.info = replace(self.info, version=None)  # the version follows the SoVITS file
+                if self.info.flavor == "v2":
+                    await self.probe_version()
+        except TimeoutError:
+            raise EngineTimeout(
+                f"engine {self.url} did not load weights within {limit:.1f}s", engine=self.url
+            ) from None
+
+    async def _control(self, path: str, params: dict[str, str], what: str, timeout: float) -> None:
+        request = self._http.build_request("GET", path, params=params, timeout=self._timeouts(timeout))
+        response = await self._send(request)
+        try:
+            body = await response.aread() if response.status_code < 500 else b""
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, responded=True) from exc
+        finally:
+            await response.aclose()
+        if response.status_code == 200:
+            return
+        message = _control_message(body) or f"HTTP {response.status_code}"
+        text = f"engine {self.url} could not load {what} weights {params}: {message}"
+        if 400 <= response.status_code < 500:
+            raise EngineRejected(text, engine=self.url, code="weights_rejected", engine_message=message)
+        raise EngineBadResponse(text, engine=self.url)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _control_message(body: bytes) -> str:
+    """`{"message": ..., "Exception": ...}` (api_v2) or `{"code": 400, "message": ...}` (api.py) → text."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:500]
+    if not isinstance(parsed, dict):
+        return str(parsed)[:500]
+    parts = [str(parsed[key]) for key in ("message", "Exception") if parsed.get(key)]
+    return ": ".join(parts)

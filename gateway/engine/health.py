@@ -1,0 +1,146 @@
+"""Per-engine bookkeeping for the pool: slots, consecutive failures, cooldowns, loaded weights.
+
+Health rules (LiteLLM-style cooldowns, peers.md §2):
+- success → the failure count and the cooldown doubling reset;
+- EngineBadResponse (500, silence, truncated body) → one more consecutive failure; at
+  `cooldown_after_failures` the engine leaves selection for `cooldown_seconds`, doubling on each repeat
+  up to `cooldown_max_seconds`;
+- EngineTimeout / EngineUnavailable → cooldown at once *and* marked down: the engine is hung or gone, so
+  it only comes back after a probe has seen it answer again (api_v2 answers nothing while busy, so a
+  successful probe also proves the hung synthesis has ended);
+- EngineRejected → no change: the engine worked, the request was bad.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.engine.client import VoiceCloner
+from gateway.errors import EngineBadResponse, EngineError, EngineTimeout, EngineUnavailable
+from gateway.settings import ModelWeights, Settings
+
+#: How far back failures count when breaking ties between equally busy engines.
+RECENT_FAILURE_WINDOW = 60.0
+
+
+@dataclass
+class EngineState:
+    """One engine as the pool sees it. Times are event-loop (monotonic) seconds."""
+
+    client: VoiceCloner
+    concurrency: int
+    in_flight: int = 0
+    probing: bool = False
+    down: bool = True  # until the first probe has seen it answer
+    consecutive_failures: int = 0
+    cooldowns_in_a_row: int = 0
+    cooldown_until: float = 0.0
+    last_probe: float = 0.0
+    # What the engine has loaded: None = its start-up weights. `weights_known` is False after an
+    # interrupted switch or a recovery from down (it may have restarted, or not): then any request
+    # that names weights loads them again.
+    weights: ModelWeights | None = None
+    weights_known: bool = True
+    recent_failures: deque[float] = field(default_factory=deque)
+    last_error: str | None = None  # shown in /readyz and in "no engine available" answers
+
+    @property
+    def url(self) -> str:
+        return self.client.url
+
+    def cooldown_remaining(self, now: float) -> float:
+        return max(0.0, self.cooldown_until - now)
+
+    def selectable(self, now: float) -> bool:
+        """Healthy: may receive requests (possibly after the ones in flight)."""
+        return not self.down and self.cooldown_until <= now
+
+    def has_free_slot(self, now: float) -> bool:
+        return self.selectable(now) and not self.probing and self.in_flight < self.concurrency
+
+    def state(self, now: float) -> str:
+        if self.cooldown_until > now:
+            return "cooling_down"
+        if self.down:
+            return "down"
+        return "busy" if self.in_flight >= self.concurrency else "ready"
+
+    def recent_failure_count(self, now: float) -> int:
+        while self.recent_failures and now - self.recent_failures[0] > RECENT_FAILURE_WINDOW:
+            self.recent_failures.popleft()
+        return len(self.recent_failures)
+
+    # ------------------------------------------------------------------ weights
+
+    def matches(self, wanted: ModelWeights | None) -> bool:
+        """True when a request for `wanted` can run here without a weight switch."""
+        if wanted is None or (wanted.gpt is None and wanted.sovits is None):
+            return True
+        if not self.weights_known or self.weights is None:
+            return False
+        return all(
+            getattr(wanted, part) is None or getattr(wanted, part) == getattr(self.weights, part)
+            for part in ("gpt", "sovits")
+        )
+
+    def switched_to(self, wanted: ModelWeights) -> None:
+        base = self.weights if self.weights_known and self.weights is not None else ModelWeights()
+        self.weights = ModelWeights(gpt=wanted.gpt or base.gpt, sovits=wanted.sovits or base.sovits)
+        self.weights_known = True
+
+    # ------------------------------------------------------------------ outcomes
+
+    def record(self, error: BaseException | None, settings: Settings, now: float) -> float | None:
+        """Apply one request outcome; returns the cooldown length when one starts."""
+        if error is None:
+            self.consecutive_failures = 0
+            self.cooldowns_in_a_row = 0
+            return None
+        if not isinstance(error, EngineError) or error.engine is None:
+            return None  # cancellation, or a pool-level error: says nothing about the engine
+        self.last_error = error.message
+        if isinstance(error, EngineTimeout | EngineUnavailable):
+            self.recent_failures.append(now)
+            self.consecutive_failures += 1
+            self.down = True
+            return self.start_cooldown(settings, now)
+        if isinstance(error, EngineBadResponse):
+            self.recent_failures.append(now)
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= settings.cooldown_after_failures:
+                return self.start_cooldown(settings, now)
+        return None
+
+    def start_cooldown(self, settings: Settings, now: float) -> float:
+        seconds = min(settings.cooldown_seconds * 2.0**self.cooldowns_in_a_row, settings.cooldown_max_seconds)
+        self.cooldowns_in_a_row += 1
+        self.cooldown_until = max(self.cooldown_until, now + seconds)
+        return seconds
+
+    def probe_failed(self, reason: str | None = None) -> None:
+        self.down = True
+        if reason:
+            self.last_error = reason
+
+    def recovered(self, *, first_contact: bool) -> None:
+        """A probe saw the engine answer after it was down."""
+        self.down = False
+        self.consecutive_failures = 0
+        if not first_contact:
+            self.weights_known = False
+
+    def describe(self, now: float) -> dict[str, Any]:
+        weights = self.weights.model_dump() if self.weights is not None else None
+        return {
+            "url": self.url,
+            "flavor": self.client.info.flavor,
+            "version": self.client.info.version,
+            "state": self.state(now),
+            "in_flight": self.in_flight,
+            "consecutive_failures": self.consecutive_failures,
+            "cooldown_remaining": round(self.cooldown_remaining(now), 3),
+            "loaded_weights": weights if self.weights_known else "unknown",
+            "last_error": self.last_error,
+        }

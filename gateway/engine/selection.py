@@ -1,0 +1,215 @@
+"""Engine slots and the bounded FIFO queue in front of them: who gets which engine, and when.
+
+- Strict FIFO among waiters that a free engine can serve; a retry goes to the *front* (it has already
+  waited its turn) and is not counted against `max_queue`.
+- Selection: healthy engines not yet tried by this request (a tried one only when every healthy engine
+  has been tried), then matching weights, then least busy, then fewest recent failures, then round-robin.
+  A request whose weights match a *busy* engine does not wait for it: it takes a free engine and switches
+  (holding capacity idle for affinity would trade throughput for fewer switches).
+- A waiter that is cancelled or times out leaves the queue at once, handing back a slot it was just given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+
+from gateway.engine.health import EngineState
+from gateway.errors import EngineUnavailable, QueueFull
+from gateway.metrics import Metrics
+from gateway.settings import ModelWeights, Settings
+
+_EWMA_ALPHA = 0.2
+#: Engine time assumed for Retry-After estimates before any request has been measured.
+_INITIAL_ENGINE_SECONDS = 2.0
+
+
+@dataclass(eq=False)
+class _Waiter:
+    weights: ModelWeights | None
+    tried: frozenset[str]
+    give_up_at: float
+    future: asyncio.Future[EngineState]
+
+
+class SlotQueue:
+    """Hands engine slots to requests; the pool tells it when slots free up or engines change state."""
+
+    def __init__(self, settings: Settings, engines: Sequence[EngineState], metrics: Metrics | None) -> None:
+        self._settings = settings
+        self._engines = engines
+        self._metrics = metrics
+        self._waiters: deque[_Waiter] = deque()
+        self._round_robin = 0
+        self._engine_seconds_ewma: float | None = None
+        self.closed = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._waiters)
+
+    def record_engine_seconds(self, seconds: float) -> None:
+        previous = self._engine_seconds_ewma
+        self._engine_seconds_ewma = seconds if previous is None else previous + _EWMA_ALPHA * (seconds - previous)
+
+    async def acquire(
+        self, weights: ModelWeights | None, tried: frozenset[str], deadline: float, *, retry: bool
+    ) -> tuple[EngineState, float]:
+        """Take a slot now or wait in the queue; returns the engine and the seconds waited.
+
+        Raises QueueFull (429), or EngineUnavailable (503) when no engine is healthy or the wait exceeds
+        min(max_queue_wait, time left before the deadline) — code "queue_timeout".
+        """
+        if self.closed:
+            raise EngineUnavailable("the engine pool is closed")
+        now = time.monotonic()
+        if not any(engine.selectable(now) for engine in self._engines):
+            raise self.no_engine_error(now)
+        if not self._waiters and (engine := self._pick(weights, tried, now)) is not None:
+            self._take(engine)
+            self._observe_wait(0.0)
+            return engine, 0.0
+        if not retry and len(self._waiters) >= self._settings.max_queue:
+            raise QueueFull(
+                f"all engines are busy and {len(self._waiters)} requests are already waiting",
+                retry_after=self.estimated_wait(len(self._waiters) + 1),
+            )
+        budget = max(0.0, min(self._settings.max_queue_wait, deadline - now))
+        waiter = _Waiter(weights, tried, now + budget, asyncio.get_running_loop().create_future())
+        if retry:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
+        # A free engine may suit this waiter even though the ones ahead are waiting for other engines.
+        self.dispatch()
+        try:
+            async with asyncio.timeout(budget):
+                engine = await waiter.future
+        except BaseException as exc:
+            self._leave(waiter)
+            if isinstance(exc, TimeoutError):
+                raise EngineUnavailable(
+                    f"no engine slot became free within {budget:.1f}s",
+                    code="queue_timeout",
+                    retry_after=self.estimated_wait(len(self._waiters) + 1),
+                ) from None
+            raise
+        waited = time.monotonic() - now
+        self._observe_wait(waited)
+        return engine, waited
+
+    def release(self, engine: EngineState) -> None:
+        engine.in_flight -= 1
+        self._in_flight_changed(engine)
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand free slots to waiters in FIFO order (call whenever a slot or an engine frees up)."""
+        if self.closed or not self._waiters:
+            return
+        now = time.monotonic()
+        if not any(engine.selectable(now) for engine in self._engines):
+            self._fail_hopeless_waiters(now)
+        for waiter in list(self._waiters):
+            if not any(engine.has_free_slot(now) for engine in self._engines):
+                break
+            if waiter.future.done():
+                self._waiters.remove(waiter)
+                continue
+            engine = self._pick(waiter.weights, waiter.tried, now)
+            if engine is not None:
+                self._waiters.remove(waiter)
+                self._take(engine)
+                waiter.future.set_result(engine)
+        self._queue_changed()
+
+    def close(self) -> None:
+        self.closed = True
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(EngineUnavailable("the gateway is shutting down"))
+        self._waiters.clear()
+        self._queue_changed()
+
+    def no_engine_error(self, now: float) -> EngineUnavailable:
+        """503 with Retry-After = time until the soonest cooldown ends (≥ 1 s; a probe interval if none)."""
+        cooling = [e.cooldown_remaining(now) for e in self._engines if e.cooldown_remaining(now) > 0]
+        down = sum(1 for e in self._engines if e.down)
+        retry_after = max(1.0, min(cooling, default=self._settings.probe_interval))
+        details = "; ".join(
+            f"{e.url} is {e.state(now)}" + (f" ({e.last_error})" if e.last_error else "") for e in self._engines
+        )
+        return EngineUnavailable(
+            f"no engine is available ({len(cooling)} cooling down, {down} down of {len(self._engines)}): "
+            f"{details}; retry in {math.ceil(retry_after)}s",
+            retry_after=retry_after,
+            engines=[e.url for e in self._engines],
+        )
+
+    def estimated_wait(self, position: int) -> float:
+        """Retry-After for a refused or timed-out waiter: recent engine time × queue position / capacity."""
+        per_request = self._engine_seconds_ewma or _INITIAL_ENGINE_SECONDS
+        now = time.monotonic()
+        capacity = sum(engine.concurrency for engine in self._engines if engine.selectable(now))
+        return max(1.0, per_request * position / max(1, capacity))
+
+    # ------------------------------------------------------------------ internals
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """A waiter gave up (cancelled or timed out); hand back a slot it was given in the meantime."""
+        with suppress(ValueError):
+            self._waiters.remove(waiter)
+        future = waiter.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            self.release(future.result())
+        else:
+            future.cancel()
+        self._queue_changed()
+
+    def _fail_hopeless_waiters(self, now: float) -> None:
+        """No engine is healthy: fail the waiters that no cooldown ends in time to rescue.
+        A down engine only returns via a probe, at no predictable time."""
+        returns = [e.cooldown_until for e in self._engines if not e.down and e.cooldown_until > now]
+        soonest = min(returns, default=math.inf)
+        for waiter in list(self._waiters):
+            if soonest > waiter.give_up_at and not waiter.future.done():
+                self._waiters.remove(waiter)
+                waiter.future.set_exception(self.no_engine_error(now))
+
+    def _pick(self, weights: ModelWeights | None, tried: frozenset[str], now: float) -> EngineState | None:
+        healthy = [engine for engine in self._engines if engine.selectable(now)]
+        untried = [engine for engine in healthy if engine.url not in tried]
+        candidates = [engine for engine in (untried or healthy) if engine.has_free_slot(now)]
+        if not candidates:
+            return None
+        count = len(self._engines)
+        position = {engine.url: index for index, engine in enumerate(self._engines)}
+
+        def rank(engine: EngineState) -> tuple[bool, int, int, int]:
+            turn = (position[engine.url] - self._round_robin) % count
+            return not engine.matches(weights), engine.in_flight, engine.recent_failure_count(now), turn
+
+        best = min(candidates, key=rank)
+        self._round_robin = (position[best.url] + 1) % count
+        return best
+
+    def _take(self, engine: EngineState) -> None:
+        engine.in_flight += 1
+        self._in_flight_changed(engine)
+
+    def _in_flight_changed(self, engine: EngineState) -> None:
+        if self._metrics is not None:
+            self._metrics.engine_in_flight.labels(engine=engine.url).set(engine.in_flight)
+
+    def _queue_changed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(len(self._waiters))
+
+    def _observe_wait(self, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_wait_seconds.observe(seconds)

@@ -1,0 +1,18 @@
+"""The per-app service container handed to routes (created in the app lifespan, never a module global)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.engine.pool import EnginePool
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from gateway.voices.store import VoiceStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    pool: EnginePool
+    voices: VoiceStore

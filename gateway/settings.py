@@ -1,0 +1,91 @@
+"""All configuration in one place: environment variables prefixed GATEWAY_, or a .env file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ModelWeights(BaseModel):
+    """A GPT/SoVITS weight pair as the engine sees the paths (admin-configured, never from clients)."""
+
+    gpt: str | None = None
+    sovits: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+
+    # --- listening
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    # --- engines
+    engines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["http://127.0.0.1:9880"])
+    engine_flavor: Literal["auto", "v2", "v1"] = "auto"
+    engine_concurrency: int = Field(1, ge=1)
+    connect_timeout: float = Field(3.0, gt=0)
+    read_timeout: float = Field(30.0, gt=0, description="engine read timeout for a short text")
+    read_timeout_per_char: float = Field(0.2, ge=0, description="extra read timeout per text character")
+    max_request_seconds: float = Field(300.0, gt=0, description="cap on one request's whole deadline")
+    max_attempts: int = Field(3, ge=1)
+    max_queue: int = Field(64, ge=0)
+    max_queue_wait: float = Field(60.0, gt=0)
+    cooldown_after_failures: int = Field(2, ge=1)
+    cooldown_seconds: float = Field(5.0, gt=0)
+    cooldown_max_seconds: float = Field(60.0, gt=0)
+    probe_interval: float = Field(5.0, gt=0)
+    models: dict[str, ModelWeights] = Field(default_factory=dict)
+
+    # --- storage
+    shared_dir: Path = Path("var/shared")
+    engine_shared_dir: Path | None = None
+
+    # --- limits
+    max_upload_bytes: int = Field(20_000_000, gt=0)
+    max_text_chars: int = Field(5000, gt=0)
+    min_reference_seconds: float = 3.0
+    max_reference_seconds: float = 10.0
+
+    @field_validator("engines", mode="before")
+    @classmethod
+    def _split_engines(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        if isinstance(value, list):
+            return [str(v).rstrip("/") for v in value]
+        return value
+
+    @field_validator("engine_shared_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) and value.strip() else (value or {})
+
+    @property
+    def engine_dir(self) -> Path:
+        """The shared directory as the engines see it (defaults to the gateway's own path)."""
+        return self.engine_shared_dir or self.shared_dir
+
+    @property
+    def refs_dir(self) -> Path:
+        return self.shared_dir / "refs"
+
+    @property
+    def voices_dir(self) -> Path:
+        return self.shared_dir / "voices"
+
+    def to_engine_path(self, local: Path) -> str:
+        """Translate a file under shared_dir into the path the engine opens (absolute on its side)."""
+        relative = local.resolve().relative_to(self.shared_dir.resolve())
+        base = self.engine_shared_dir if self.engine_shared_dir else self.shared_dir.resolve()
+        return str(base / relative)

@@ -1,0 +1,233 @@
+"""Test helpers shared by every test module: run a CPU engine process, make references, check audio.
+
+Engines always run as real subprocesses on real sockets (`python -m gateway.cpu_engine`), so a test
+sees exactly what a gateway would see, including crashes and dropped connections.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import soundfile as sf
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (the OS picks it; tiny race accepted for tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float) -> None:
+    """Poll `GET {url}/openapi.json` (the engine's only probe that touches no model) until it answers 200."""
+    deadline = time.monotonic() + timeout
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/openapi.json", timeout=2.0)
+            if response.status_code == 200:
+                return
+            last_error = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last_error = repr(exc)
+        time.sleep(0.1)
+    raise TimeoutError(f"engine at {url} not ready after {timeout:.0f} s ({last_error})")
+
+
+@dataclass
+class EngineProcess:
+    """A running CPU engine. `args` is the full command line, so `restart` can repeat it exactly."""
+
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    args: list[str]
+    log_path: Path = field(default_factory=lambda: _new_log_path())
+    ready_timeout: float = 60.0
+
+    def log(self) -> str:
+        """Everything the engine wrote to stdout/stderr so far (handy in assertion messages)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM, wait for a graceful exit, then SIGKILL."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL now (a hard crash as the client sees it)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> None:
+        """Start again on the same port with the same command line and wait until it answers."""
+        self.stop()
+        self.proc = _spawn(self.args, self.log_path)
+        _wait_started(self, self.ready_timeout)
+
+
+def _new_log_path() -> Path:
+    handle, name = tempfile.mkstemp(prefix="cpu-engine-", suffix=".log")
+    os.close(handle)
+    return Path(name)
+
+
+def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    with log_path.open("ab") as log:  # the child keeps its own descriptor; a file never blocks like a pipe
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=_REPO_ROOT, env=env)
+
+
+def _wait_started(engine: EngineProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if engine.proc.poll() is not None:
+            raise RuntimeError(f"engine exited with code {engine.proc.returncode} before it was ready:\n{engine.log()}")
+        try:
+            wait_ready(engine.url, timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            return
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                engine.kill()
+                raise TimeoutError(f"engine at {engine.url} not ready after {timeout:.0f} s:\n{engine.log()}") from None
+
+
+@contextmanager
+def running_engine(
+    *args: str, flavor: str = "v2", port: int | None = None, ready_timeout: float = 60
+) -> Iterator[EngineProcess]:
+    """Start `python -m gateway.cpu_engine --flavor ... *args`, wait until ready, always stop it afterwards."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "gateway.cpu_engine", "--flavor", flavor,
+               "--host", "127.0.0.1", "--port", str(port), *args]
+    log_path = _new_log_path()
+    engine = EngineProcess(url=f"http://127.0.0.1:{port}", port=port, proc=_spawn(command, log_path), args=command,
+                           log_path=log_path, ready_timeout=ready_timeout)
+    try:
+        _wait_started(engine, ready_timeout)
+        yield engine
+    finally:
+        engine.stop()
+        engine.log_path.unlink(missing_ok=True)
+
+
+def speech_like_signal(seconds: float, rate: int, f0: float = 120.0) -> np.ndarray:
+    """Voiced, speech-like mono float32: harmonics at a vibrato-modulated F0 under a syllable envelope.
+
+    The F0 wobbles ±2 % around `f0` symmetrically, so the median F0 of the signal is `f0`. Four
+    "syllables" per second with short dips between them make it look like speech to level/VAD checks.
+    """
+    t = np.arange(int(round(seconds * rate))) / rate
+    f0_track = f0 * (1.0 + 0.02 * np.sin(2 * np.pi * 5.0 * t))
+    phase = 2 * np.pi * np.cumsum(f0_track) / rate
+    signal = np.zeros_like(t)
+    for k in range(1, 40):
+        if k * f0 * 1.05 >= min(rate / 2, 5000):
+            break
+        formant_gain = 1.0 + 1.5 * np.exp(-(((k * f0) - 700.0) / 300.0) ** 2)  # a crude first formant
+        signal += formant_gain / k * np.sin(k * phase)
+    syllables = np.clip(np.sin(np.pi * 4.0 * t), 0.0, None) ** 0.6  # 4 bumps per second, silent gaps
+    out = signal * syllables
+    peak = float(np.max(np.abs(out))) or 1.0
+    return (0.5 * out / peak).astype(np.float32)
+
+
+def make_reference(
+    path: Path,
+    seconds: float = 5.0,
+    rate: int = 32000,
+    f0: float = 120.0,
+    channels: int = 1,
+    subtype: str = "PCM_16",
+    fmt: str | None = None,
+) -> Path:
+    """Write a speech-like reference (median F0 = `f0`) with soundfile; format from `fmt` or the suffix."""
+    mono = speech_like_signal(seconds, rate, f0)
+    data = mono if channels == 1 else np.stack([mono * (1.0 - 0.1 * c) for c in range(channels)], axis=1)
+    fmt = (fmt or path.suffix.lstrip(".") or "WAV").upper()
+    if fmt == "OGG" and subtype.startswith("PCM"):
+        subtype = "VORBIS"
+    if fmt in ("MP3", "MPEG"):
+        fmt, subtype = "MP3", "MPEG_LAYER_III"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), data, rate, format=fmt, subtype=subtype)
+    return path
+
+
+def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """Decode audio bytes with soundfile: (float32 samples, shape (n,) mono or (n, channels); rate)."""
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32")
+    return samples, int(rate)
+
+
+def assert_speech(
+    samples: np.ndarray, rate: int, *, expected_rate: int, min_seconds: float, max_seconds: float
+) -> None:
+    """Mono, at the expected rate, of plausible length, and clearly louder than silence."""
+    assert rate == expected_rate, f"sample rate {rate}, expected {expected_rate}"
+    assert samples.ndim == 1, f"expected mono audio, got shape {samples.shape}"
+    seconds = len(samples) / rate
+    assert min_seconds <= seconds <= max_seconds, f"duration {seconds:.2f} s outside [{min_seconds}, {max_seconds}]"
+    rms = float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))) if len(samples) else 0.0
+    assert rms > 0.01, f"audio is (nearly) silent: RMS {rms:.5f}"
+
+
+def wav_stream_header(rate: int) -> bytes:
+    """The exact 44-byte header api_v2 streams first for WAV: PCM mono 16-bit, every size field 0
+    (RIFF size 36, data size 0). Built field by field here, independently of the engine's code."""
+    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36, b"WAVE", b"fmt ", 16, 1, 1, rate, rate * 2, 2, 16,
+                       b"data", 0)
+
+
+def pcm16(data: bytes) -> np.ndarray:
+    """Bare int16 little-endian PCM (api_v2 `raw`, or a WAV stream after its header) as float32."""
+    assert len(data) % 2 == 0, f"odd number of PCM bytes: {len(data)}"
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def read_until_abort(method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, bytes]:
+    """Send a request whose body the server cuts off; assert it was cut off and return what arrived."""
+    received = bytearray()
+    kwargs.setdefault("timeout", 60)
+    with httpx.stream(method, url, **kwargs) as response:
+        try:
+            for chunk in response.iter_raw():
+                received.extend(chunk)
+        except httpx.RemoteProtocolError:
+            return response, bytes(received)
+    raise AssertionError(f"the body was complete ({len(received)} bytes), expected it to be cut off")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> None:
+    """Poll `condition` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not reached within {timeout} s"
+        time.sleep(interval)

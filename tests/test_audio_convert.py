@@ -1,0 +1,146 @@
+"""Output conversion: every format, short and long clips (libsndfile's Ogg crash is ≥ 60 s), rates, errors."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from gateway.audio.convert import OUTPUT_FORMATS, encode, resample
+from gateway.audio.wav import parse_wav
+from gateway.errors import BadRequest
+
+
+def speech_like(seconds: float, rate: int) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    phase = 2 * np.pi * np.cumsum(120 + 20 * np.sin(2 * np.pi * 0.7 * t)) / rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 21) if k * 160 < rate / 2)
+    signal = voiced * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    result: np.ndarray = (0.5 * signal / np.max(np.abs(signal))).astype(np.float32)
+    return result
+
+
+def decode(data: bytes, fmt: str, rate: int) -> tuple[np.ndarray, int]:
+    """Decode encoder output independently: PyAV for AAC, the raw bytes for pcm, soundfile for the rest."""
+    if fmt == "pcm":
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768, rate
+    if fmt == "aac":
+        with av.open(io.BytesIO(data), mode="r") as container:
+            assert container.format.name == "aac"  # ADTS
+            frames = list(container.decode(audio=0))
+        samples = np.concatenate([frame.to_ndarray().reshape(-1) for frame in frames])
+        return samples.astype(np.float32), frames[0].sample_rate
+    samples, decoded_rate = sf.read(io.BytesIO(data), dtype="float32")
+    return samples, decoded_rate
+
+
+def duration_tolerance(fmt: str, rate: int) -> float:
+    """Codec padding: ADTS AAC keeps its 1024-sample priming and pads the last 1024-sample frame (nothing
+    in ADTS can say to drop them); libsndfile trims MP3 and Opus padding, PCM formats are exact."""
+    if fmt == "aac":
+        return 2 * 1024 / rate
+    return 0.03 if fmt in ("mp3", "opus") else 1e-9
+SHORT, LONG = 2.0, 72.0
+
+SIGNALS = {(seconds, rate): speech_like(seconds, rate) for seconds in (SHORT, LONG) for rate in (32000, 48000)}
+
+
+def rms_db(samples: np.ndarray) -> float:
+    return 20 * float(np.log10(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))))
+
+
+def test_the_offered_formats_and_content_types() -> None:
+    assert OUTPUT_FORMATS == {
+        "wav": "audio/wav",
+        "mp3": "audio/mpeg",
+        "opus": "audio/ogg",
+        "flac": "audio/flac",
+        "aac": "audio/aac",
+        "pcm": "audio/pcm",
+    }
+
+
+@pytest.mark.parametrize("fmt", sorted(OUTPUT_FORMATS))
+@pytest.mark.parametrize(("seconds", "rate"), [(SHORT, 32000), (LONG, 32000), (LONG, 48000)])
+def test_every_format_round_trips_rate_duration_and_level(fmt: str, seconds: float, rate: int) -> None:
+    source = SIGNALS[(seconds, rate)]
+    data, out_rate = encode(source, rate, fmt)
+    expected_rate = 48000 if fmt == "opus" else rate  # Opus has no 32 kHz mode; the next one up is 48 kHz
+    assert out_rate == expected_rate
+    decoded, decoded_rate = decode(data, fmt, out_rate)
+    assert decoded_rate == expected_rate
+    assert len(decoded) / decoded_rate == pytest.approx(seconds, abs=duration_tolerance(fmt, out_rate))
+    if fmt in ("wav", "flac", "pcm"):  # lossless: equal to within one PCM16 step
+        np.testing.assert_allclose(decoded, source, atol=1.01 / 32767)
+    else:  # lossy: the level survives, so the payload is the signal and not silence or noise
+        assert rms_db(decoded) == pytest.approx(rms_db(source), abs=1.0)
+
+
+def test_wav_output_is_pcm16_mono() -> None:
+    data, _ = encode(SIGNALS[(SHORT, 32000)], 32000, "wav")
+    info = parse_wav(data)
+    assert (info.sample_rate, info.channels, info.bits_per_sample, info.frames) == (32000, 1, 16, 64000)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "target", "expected"),
+    [
+        ("wav", 16000, 16000),
+        ("flac", 44100, 44100),
+        ("pcm", 24000, 24000),
+        ("mp3", 24000, 24000),
+        ("mp3", 96000, 48000),  # above what MPEG audio can carry: the highest it can
+        ("aac", 20000, 22050),
+        ("opus", 22050, 24000),  # the nearest Opus rate at or above the request
+        ("opus", 8000, 8000),
+    ],
+)
+def test_target_rate_resolves_to_a_rate_the_codec_supports(fmt: str, target: int, expected: int) -> None:
+    data, out_rate = encode(SIGNALS[(SHORT, 32000)], 32000, fmt, target_rate=target)
+    assert out_rate == expected
+    decoded, decoded_rate = decode(data, fmt, out_rate)
+    assert decoded_rate == expected
+    assert len(decoded) / decoded_rate == pytest.approx(SHORT, abs=duration_tolerance(fmt, out_rate))
+
+
+def test_values_past_full_scale_are_clipped_not_wrapped() -> None:
+    loud = 1.8 * SIGNALS[(SHORT, 32000)]
+    data, _ = encode(loud, 32000, "flac")
+    decoded, _ = decode(data, "flac", 32000)
+    assert float(np.max(np.abs(decoded))) <= 1.0
+    big = np.abs(loud) > 0.1
+    assert np.all(np.sign(decoded[big]) == np.sign(loud[big]))  # wrapping would flip signs at the peaks
+
+
+def test_unknown_format_lists_the_supported_ones() -> None:
+    with pytest.raises(BadRequest) as caught:
+        encode(SIGNALS[(SHORT, 32000)], 32000, "wma")
+    err = caught.value
+    assert (err.status, err.code) == (400, "unsupported_format")
+    assert all(fmt in err.message for fmt in OUTPUT_FORMATS)
+
+
+@pytest.mark.parametrize("target", [0, 100, 1_000_000])
+def test_absurd_target_rates_are_bad_requests(target: int) -> None:
+    with pytest.raises(BadRequest) as caught:
+        encode(SIGNALS[(SHORT, 32000)], 32000, "wav", target_rate=target)
+    assert caught.value.code == "invalid_sample_rate"
+
+
+def test_stereo_input_is_a_programming_error() -> None:
+    with pytest.raises(ValueError):
+        encode(np.zeros((100, 2), dtype=np.float32), 32000, "wav")
+
+
+def test_resample() -> None:
+    source = SIGNALS[(SHORT, 32000)]
+    assert resample(source, 32000, 32000) is source
+    up = resample(source, 32000, 48000)
+    down = resample(source, 32000, 24000)
+    assert (len(up), len(down)) == (96000, 48000)
+    assert up.dtype == down.dtype == np.float32
+    assert rms_db(up) == pytest.approx(rms_db(source), abs=0.1)
+    assert rms_db(down) == pytest.approx(rms_db(source), abs=0.1)

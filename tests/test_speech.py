@@ -1,0 +1,162 @@
+"""OpenAI-compatible speech: the official SDK unchanged, every output format, streaming passthrough."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+
+from gateway.audio.wav import parse_streaming_header
+from tests.gateway_support import GatewayServer, fast_settings, running_gateway
+from tests.support import assert_speech, make_reference, running_engine
+from tests.test_voice_clone import assert_error
+
+INPUT = "Streaming speech arrives while the engine is still talking. Then a second sentence follows."
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+    shared = tmp_path_factory.mktemp("shared")
+    with running_engine(flavor="v2") as engine, running_gateway(fast_settings(shared, [engine.url])) as gw:
+        ref = make_reference(shared / "ref-src.wav", seconds=5.0, f0=150.0).read_bytes()
+        created = httpx.post(
+            f"{gw.url}/v1/voices",
+            data={"name": "anna", "prompt_text": "A short sample.", "prompt_language": "en"},
+            files={"audio": ("ref.wav", ref)},
+        )
+        assert created.status_code == 201, created.text
+        gw.app.state.test_voice_id = created.json()["id"]
+        yield gw
+
+
+@pytest.fixture
+def client(gateway: GatewayServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="not-needed", max_retries=0)
+
+
+def decode(data: bytes) -> tuple[np.ndarray, int]:
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    return samples, rate
+
+
+def test_sdk_round_trip_by_name_and_id(client: openai.OpenAI, gateway: GatewayServer) -> None:
+    audio = client.audio.speech.create(model="gpt-sovits", voice="anna", input="Hello from the SDK.",
+                                       response_format="wav")
+    samples, rate = decode(audio.content)
+    assert_speech(samples, rate, expected_rate=32000, min_seconds=0.5, max_seconds=5.0)
+    voice_id = gateway.app.state.test_voice_id
+    audio = client.audio.speech.create(model="tts-1", voice={"id": voice_id}, input="By id.", response_format="flac")
+    samples, rate = decode(audio.content)
+    assert_speech(samples, rate, expected_rate=32000, min_seconds=0.3, max_seconds=4.0)
+
+
+def test_sdk_streaming_response(client: openai.OpenAI) -> None:
+    with client.audio.speech.with_streaming_response.create(
+        model="gpt-sovits", voice="anna", input=INPUT, response_format="wav"
+    ) as response:
+        assert response.headers["content-type"] == "audio/wav"
+        body = b"".join(response.iter_bytes())
+    rate, channels, bits = parse_streaming_header(body[:44])
+    assert (rate, channels, bits) == (32000, 1, 16)
+    samples, decoded_rate = decode(body)  # players accept the streaming header
+    assert_speech(samples, decoded_rate, expected_rate=32000, min_seconds=2.0, max_seconds=15.0)
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "flac", "wav", "pcm", "aac"])
+def test_every_format_decodes_at_the_right_rate(client: openai.OpenAI, fmt: str) -> None:
+    from gateway.audio.convert import OUTPUT_FORMATS
+
+    if fmt not in OUTPUT_FORMATS:
+        pytest.skip(f"{fmt} encoder not available")
+    audio = client.audio.speech.create(model="gpt-sovits", voice="anna", input="One format at a time.",
+                                       response_format=fmt)  # type: ignore[arg-type]
+    data = audio.content
+    if fmt == "pcm":
+        samples, rate = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768, 32000
+    elif fmt == "aac":
+        import av
+
+        with av.open(io.BytesIO(data)) as container:
+            frames = [f.to_ndarray().reshape(-1) for f in container.decode(audio=0)]
+            rate = container.streams.audio[0].rate
+        samples = np.concatenate(frames)
+    else:
+        samples, rate = decode(data)
+    expected = 48000 if fmt == "opus" else 32000
+    assert_speech(samples, rate, expected_rate=expected, min_seconds=0.5, max_seconds=5.0)
+
+
+def test_sample_rate_option(gateway: GatewayServer) -> None:
+    body = {"model": "gpt-sovits", "voice": "anna", "input": "Resampled.", "response_format": "wav",
+            "sample_rate": 24000}
+    response = httpx.post(f"{gateway.url}/v1/audio/speech", json=body, timeout=60)
+    assert response.status_code == 200 and response.headers["x-sample-rate"] == "24000"
+    samples, rate = decode(response.content)
+    assert_speech(samples, rate, expected_rate=24000, min_seconds=0.3, max_seconds=4.0)
+    body["stream"] = True
+    response = httpx.post(f"{gateway.url}/v1/audio/speech", json=body, timeout=60)
+    samples, rate = decode(response.content)
+    assert_speech(samples, rate, expected_rate=24000, min_seconds=0.3, max_seconds=4.0)
+
+
+def test_multipart_variant_with_reference_audio(gateway: GatewayServer, tmp_path: Path) -> None:
+    ref = make_reference(tmp_path / "r.flac", seconds=4.0, fmt="FLAC").read_bytes()
+    response = httpx.post(
+        f"{gateway.url}/v1/audio/speech",
+        data={"model": "gpt-sovits", "input": "Uploaded reference.", "response_format": "wav",
+              "reference_text": "", "text_language": "en"},
+        files={"reference_audio": ("r.flac", ref, "audio/flac")},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    samples, rate = decode(response.content)
+    assert_speech(samples, rate, expected_rate=32000, min_seconds=0.5, max_seconds=5.0)
+
+
+def test_unsupported_combinations_list_what_is_supported(gateway: GatewayServer) -> None:
+    url = f"{gateway.url}/v1/audio/speech"
+    streaming_mp3 = {"input": "x", "voice": "anna", "response_format": "mp3", "stream": True}
+    error = assert_error(httpx.post(url, json=streaming_mp3), 400, "unsupported_format", contains="wav, pcm")
+    assert error["supported"] == ["wav", "pcm"]
+    assert_error(httpx.post(url, json={"input": "x", "voice": "anna", "response_format": "m4a"}),
+                 400, "unsupported_format", contains="mp3")
+    assert_error(httpx.post(url, json={"input": "x", "voice": "nobody"}), 404, "voice_not_found", contains="anna")
+    assert_error(httpx.post(url, json={"voice": "anna"}), 422, "invalid_request", contains="input")
+
+
+def test_models_and_voices_listing(client: openai.OpenAI, gateway: GatewayServer) -> None:
+    assert "gpt-sovits" in [m.id for m in client.models.list()]
+    voices = httpx.get(f"{gateway.url}/v1/audio/voices").json()["voices"]
+    assert {"id": gateway.app.state.test_voice_id, "name": "anna"} in voices
+
+
+def test_first_bytes_arrive_before_the_engine_finishes(tmp_path: Path) -> None:
+    """With a slow engine (1 s per text segment), audio must flow before the whole clip exists."""
+    with running_engine("--segment-delay", "1.0", flavor="v2") as engine, running_gateway(
+        fast_settings(tmp_path, [engine.url])
+    ) as gw:
+        ref = make_reference(tmp_path / "ref.wav", seconds=4.0).read_bytes()
+        text = "First sentence here. Second sentence there. Third sentence at last. Fourth one ends it."
+        started = time.monotonic()
+        arrivals: list[float] = []
+        with httpx.stream(
+            "POST",
+            f"{gw.url}/v1/audio/speech",
+            data={"input": text, "response_format": "pcm", "stream": "true", "text_language": "en"},
+            files={"reference_audio": ("r.wav", ref)},
+            timeout=60,
+        ) as response:
+            assert response.status_code == 200
+            for chunk in response.iter_raw():
+                if chunk:
+                    arrivals.append(time.monotonic() - started)
+        total = arrivals[-1]
+        # the first audio arrives well before the last: the clip was not buffered in the gateway
+        assert arrivals[0] < total * 0.6, (arrivals[0], total)

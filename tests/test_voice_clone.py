@@ -1,0 +1,185 @@
+"""`POST /v1/voice-clone` end to end: real CPU engine subprocesses, the real gateway on a real socket."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway_support import GatewayServer, fast_settings, running_gateway
+from tests.support import assert_speech, decode_wav, make_reference, running_engine
+
+TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture(scope="module")
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("shared")
+
+
+@pytest.fixture(scope="module")
+def gateway(shared_dir: Path) -> Iterator[GatewayServer]:
+    with running_engine(flavor="v2") as engine, running_gateway(fast_settings(shared_dir, [engine.url])) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return make_reference(tmp_path_factory.mktemp("ref") / "ref.wav", seconds=5.0, f0=140.0).read_bytes()
+
+
+def clone(url: str, audio: bytes | None, **fields: str) -> httpx.Response:
+    data = {"text": TEXT, "text_language": "en", "prompt_text": "", "prompt_language": "en", **fields}
+    files = {"audio": ("ref.wav", audio, "audio/wav")} if audio is not None else None
+    return httpx.post(f"{url}/v1/voice-clone", data=data, files=files, timeout=60)
+
+
+def assert_error(response: httpx.Response, status: int, code: str, *, contains: str = "") -> dict[str, object]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    assert contains.lower() in error["message"].lower(), error
+    assert error["request_id"] == response.headers["x-request-id"]
+    return error  # type: ignore[no-any-return]
+
+
+def test_clone_returns_speech_with_metadata(gateway: GatewayServer, reference: bytes) -> None:
+    response = clone(gateway.url, reference, prompt_text="A sample of my voice.")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    samples, rate = decode_wav(base64.b64decode(body["output_audio_base64"]))
+    assert_speech(samples, rate, expected_rate=32000, min_seconds=1.0, max_seconds=8.0)
+    assert body["output_sample_rate"] == 32000
+    assert body["output_duration"] == pytest.approx(len(samples) / rate, abs=0.01)
+    assert body["task"] == "voice-clone" and body["service_available"] is True
+    assert body["text_length"] == len(TEXT)
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert set(body["timings"]) == {"queue_wait", "reference_prep", "engine", "encode"}
+    assert body["engine"]["flavor"] == "v2" and body["engine"]["url"].startswith("http://127.0.0.1:")
+    assert body["rtf"] > 0 and body["processing_time"] >= body["timings"]["engine"]
+    assert len(body["reference_id"]) == 64
+
+
+def test_identical_references_reuse_one_file(gateway: GatewayServer, reference: bytes) -> None:
+    first = clone(gateway.url, reference).json()["reference_id"]
+    second = clone(gateway.url, reference).json()["reference_id"]
+    assert first == second
+    assert (gateway.settings.refs_dir / f"{first}.wav").is_file()
+
+
+def test_json_body_with_base64_reference(gateway: GatewayServer, reference: bytes) -> None:
+    payload = {
+        "text": TEXT,
+        "text_language": "EN",  # normalised to the engine's lowercase code
+        "prompt_language": "en",
+        "reference_audio_base64": base64.b64encode(reference).decode(),
+    }
+    response = httpx.post(f"{gateway.url}/v1/voice-clone", json=payload, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["text_language"] == "en"
+    samples, rate = decode_wav(base64.b64decode(response.json()["output_audio_base64"]))
+    assert_speech(samples, rate, expected_rate=32000, min_seconds=1.0, max_seconds=8.0)
+
+
+def test_request_id_is_propagated(gateway: GatewayServer, reference: bytes) -> None:
+    response = httpx.post(
+        f"{gateway.url}/v1/voice-clone",
+        data={"text": TEXT, "text_language": "en"},
+        files={"audio": ("r.wav", reference)},
+        headers={"X-Request-ID": "dub-42.line-7"},
+        timeout=60,
+    )
+    assert response.headers["x-request-id"] == "dub-42.line-7"
+    assert response.json()["request_id"] == "dub-42.line-7"
+
+
+def test_short_and_long_references_are_rejected_with_the_duration(gateway: GatewayServer, tmp_path: Path) -> None:
+    short = make_reference(tmp_path / "short.wav", seconds=2.0).read_bytes()
+    error = assert_error(clone(gateway.url, short), 422, "reference_too_short")
+    assert 1.5 <= error["duration"] <= 2.0  # measured after trimming the silent edges  # type: ignore[operator]
+    assert f"{error['duration']} s" in str(error["message"])
+    assert "3.0" in str(error["message"]) and "10.0" in str(error["message"])
+    long = make_reference(tmp_path / "long.wav", seconds=12.0).read_bytes()
+    error = assert_error(clone(gateway.url, long), 422, "reference_too_long")
+    assert 11.5 <= error["duration"] <= 12.0  # type: ignore[operator]
+
+
+def test_long_reference_can_be_trimmed_on_request(gateway: GatewayServer, tmp_path: Path) -> None:
+    long = make_reference(tmp_path / "long.wav", seconds=12.0).read_bytes()
+    response = clone(gateway.url, long, trim_reference="true")
+    assert response.status_code == 200, response.text
+
+
+def test_undecodable_and_empty_audio(gateway: GatewayServer) -> None:
+    assert_error(clone(gateway.url, b"\x13\x37" * 5000), 415, "unsupported_audio")
+    assert_error(clone(gateway.url, b""), 422, "empty_audio")
+
+
+def test_missing_fields(gateway: GatewayServer, reference: bytes) -> None:
+    response = httpx.post(f"{gateway.url}/v1/voice-clone", files={"audio": ("r.wav", reference)}, timeout=30)
+    assert_error(response, 422, "invalid_request", contains="text")
+    assert_error(clone(gateway.url, None), 422, "missing_reference", contains="voice_id")
+    assert_error(clone(gateway.url, reference, text="   "), 422, "empty_text")
+
+
+def test_client_cannot_name_an_engine_path(gateway: GatewayServer, reference: bytes) -> None:
+    for field in ("ref_audio_path", "refer_wav_path", "aux_ref_audio_paths"):
+        response = clone(gateway.url, reference, **{field: "/etc/passwd"})
+        assert_error(response, 422, "engine_path_not_allowed", contains=field)
+    payload = {"text": TEXT, "ref_audio_path": "/etc/passwd"}
+    response = httpx.post(f"{gateway.url}/v1/voice-clone", json=payload, timeout=30)
+    assert_error(response, 422, "engine_path_not_allowed")
+
+
+def test_unsupported_language_lists_the_allowed_codes(gateway: GatewayServer, reference: bytes) -> None:
+    error = assert_error(clone(gateway.url, reference, text_language="klingon"), 422, "unsupported_language")
+    assert "en" in error["supported"] and "klingon" in error["message"]
+
+
+def test_bad_knob_values_are_422(gateway: GatewayServer, reference: bytes) -> None:
+    assert_error(clone(gateway.url, reference, top_k="many"), 422, "invalid_request", contains="top_k")
+    assert_error(clone(gateway.url, reference, speed="9"), 422, "invalid_request", contains="speed")
+    assert_error(clone(gateway.url, reference, bogus="1"), 422, "invalid_request", contains="bogus")
+
+
+def test_bad_request_timeout_header(gateway: GatewayServer, reference: bytes) -> None:
+    response = httpx.post(
+        f"{gateway.url}/v1/voice-clone",
+        data={"text": TEXT},
+        files={"audio": ("r.wav", reference)},
+        headers={"X-Request-Timeout": "soon"},
+        timeout=30,
+    )
+    assert_error(response, 422, "invalid_timeout")
+
+
+def test_health_and_readiness(gateway: GatewayServer) -> None:
+    assert httpx.get(f"{gateway.url}/healthz").json()["status"] == "ok"
+    ready = httpx.get(f"{gateway.url}/readyz")
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["shared_dir"]["writable"] is True
+    assert body["engines"][0]["state"] in {"ready", "busy"}
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert "gateway_requests_total" in metrics
+
+
+def test_unknown_route_uses_the_envelope(gateway: GatewayServer) -> None:
+    assert_error(httpx.get(f"{gateway.url}/v1/nope"), 404, "not_found")
+    assert_error(httpx.get(f"{gateway.url}/v1/voice-clone"), 405, "method_not_allowed")
+
+
+def test_v1_flavour_engine(tmp_path: Path, reference: bytes) -> None:
+    with running_engine(flavor="v1") as engine, running_gateway(fast_settings(tmp_path, [engine.url])) as gw:
+        response = clone(gw.url, reference, prompt_text="A sample of my voice.")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["engine"]["flavor"] == "v1"
+        samples, rate = decode_wav(base64.b64decode(body["output_audio_base64"]))
+        assert_speech(samples, rate, expected_rate=32000, min_seconds=1.0, max_seconds=8.0)
+        # api.py would silently swap in its default reference: reference-free mode is refused instead
+        response = clone(gw.url, reference, prompt_text="")
+        assert response.status_code == 422, response.text
