@@ -37,6 +37,7 @@ def serve(settings: Settings) -> None:
     from gateway.app import create_app
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine probe is noise
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -15,7 +15,7 @@ import soundfile as sf
 
 from gateway.audio.wav import parse_streaming_header
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
-from tests.support import assert_speech, make_reference, running_engine
+from tests.support import assert_speech, make_reference, running_engine, wait_until
 from tests.test_voice_clone import assert_error
 
 INPUT = "Streaming speech arrives while the engine is still talking. Then a second sentence follows."
@@ -160,3 +160,20 @@ def test_first_bytes_arrive_before_the_engine_finishes(tmp_path: Path) -> None:
         total = arrivals[-1]
         # the first audio arrives well before the last: the clip was not buffered in the gateway
         assert arrivals[0] < total * 0.6, (arrivals[0], total)
+
+
+def test_stream_client_leaving_stops_the_engine(tmp_path: Path) -> None:
+    with running_engine("--segment-delay", "1.0", "--debug-routes", flavor="v2") as engine, running_gateway(
+        fast_settings(tmp_path, [engine.url])
+    ) as gw:
+        ref = make_reference(tmp_path / "ref.wav", seconds=4.0).read_bytes()
+        text = " ".join(f"Sentence number {n} is here." for n in range(12))  # ~12 s of engine time
+        with httpx.stream("POST", f"{gw.url}/v1/voice-clone",
+                          data={"text": text, "text_language": "en", "stream": "true"},
+                          files={"audio": ("r.wav", ref)}, timeout=60) as response:
+            assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
+            first = next(response.iter_raw())
+            assert first[:4] == b"RIFF"
+        # the client left after the first bytes: the engine slot comes back long before 12 s of work is done
+        wait_until(lambda: httpx.get(f"{engine.url}/_stats").json()["in_flight"] == 0, timeout=6)
+        wait_until(lambda: httpx.get(f"{gw.url}/readyz").json()["engines"][0]["in_flight"] == 0, timeout=2)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.gateway_support import fast_settings, gateway_process, running_gateway
-from tests.support import make_reference, running_engine
+from tests.support import make_reference, running_engine, wait_until
 from tests.test_voice_clone import TEXT, assert_error, clone
 
 
@@ -112,3 +114,21 @@ def test_oversize_upload_is_413_without_buffering(tmp_path: Path, reference: byt
         assert_error(response, 413, "payload_too_large")
         growth_mib = (gw.peak_rss_kib() - before) / 1024
         assert growth_mib < 20, f"gateway peak RSS grew by {growth_mib:.1f} MiB for a 60 MB upload"
+
+
+def test_client_that_leaves_the_queue_frees_its_place(tmp_path: Path, reference: bytes) -> None:
+    with running_engine("--delay", "3", "--debug-routes", flavor="v2") as engine, running_gateway(
+        fast_settings(tmp_path, [engine.url])
+    ) as gw:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(clone, gw.url, reference)  # occupies the only engine for ~3 s
+            wait_until(lambda: httpx.get(f"{gw.url}/readyz").json()["engines"][0]["in_flight"] == 1)
+            seen_by_engine = httpx.get(f"{engine.url}/_stats").json()["requests"]
+            with pytest.raises(httpx.ReadTimeout):  # this client gives up while queued
+                httpx.post(f"{gw.url}/v1/voice-clone", data={"text": TEXT, "text_language": "en"},
+                           files={"audio": ("r.wav", reference)}, timeout=1.0)
+            wait_until(lambda: httpx.get(f"{gw.url}/readyz").json()["queue_depth"] == 0)
+            assert first.result().status_code == 200
+        time.sleep(0.5)  # room for a wrongly kept waiter to be dispatched, which the checks below would see
+        assert httpx.get(f"{gw.url}/readyz").json()["engines"][0]["in_flight"] == 0
+        assert httpx.get(f"{engine.url}/_stats").json()["requests"] == seen_by_engine  # the abandoned one never ran

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_none
 from tenacity.stop import stop_base
@@ -34,6 +34,8 @@ from gateway.errors import EngineError, EngineTimeout, EngineUnavailable
 from gateway.languages import languages_for_version
 from gateway.metrics import Metrics
 from gateway.settings import ModelWeights, Settings
+
+T = TypeVar("T")
 
 log = logging.getLogger("gateway.engine.pool")
 
@@ -102,57 +104,19 @@ class EnginePool:
     async def synthesize(self, req: SynthesisRequest, *, timeout: float | None = None) -> SynthesisResult:
         """Queue, pick an engine, call it, fail over on retryable errors; the result says where and how."""
         deadline = self._deadline(req, timeout)
-        tried: set[str] = set()
-        attempts, queue_wait = 0, 0.0
-        try:
-            async for attempt in self._retrying(deadline):
-                with attempt:
-                    attempts += 1
-                    engine, waited = await self._slots.acquire(
-                        req.weights, frozenset(tried), deadline, retry=attempts > 1
-                    )
-                    queue_wait += waited
-                    try:
-                        result = await self._call_detached(engine, req, deadline)
-                    except EngineError as exc:
-                        if exc.retryable:
-                            tried.add(engine.url)
-                        raise
-                    result.attempts, result.queue_wait = attempts, queue_wait
-                    return result
-        except EngineError as exc:
-            self._add_retry_hint(exc, attempts)
-            raise
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+        (_, result), attempts, queue_wait = await self._with_failover(
+            req, deadline, lambda engine: self._call_detached(engine, req, deadline)
+        )
+        result.attempts, result.queue_wait = attempts, queue_wait
+        return result
 
     @asynccontextmanager
     async def stream(self, req: SynthesisRequest, *, timeout: float | None = None) -> AsyncIterator[EngineStream]:
         """Like synthesize, but retries only until the first audio byte; the slot is held until exit."""
         deadline = self._deadline(req, timeout)
-        tried: set[str] = set()
-        attempts, queue_wait = 0, 0.0
-        opened: tuple[EngineState, AsyncExitStack, EngineStream] | None = None
-        try:
-            async for attempt in self._retrying(deadline):
-                with attempt:
-                    attempts += 1
-                    engine, waited = await self._slots.acquire(
-                        req.weights, frozenset(tried), deadline, retry=attempts > 1
-                    )
-                    queue_wait += waited
-                    try:
-                        stack, stream = await self._open_stream(engine, req, deadline)
-                    except EngineError as exc:
-                        if exc.retryable:
-                            tried.add(engine.url)
-                        raise
-                    opened = engine, stack, stream
-        except EngineError as exc:
-            self._add_retry_hint(exc, attempts)
-            raise
-        if opened is None:
-            raise AssertionError("unreachable: tenacity re-raises the last error")
-        engine, stack, stream = opened
+        (engine, (stack, stream)), attempts, queue_wait = await self._with_failover(
+            req, deadline, lambda engine: self._open_stream(engine, req, deadline)
+        )
         stream.attempts, stream.queue_wait = attempts, queue_wait
         error: BaseException | None = None
         try:
@@ -204,6 +168,34 @@ class EnginePool:
         if left <= 0:
             raise EngineTimeout("the request's deadline passed before the engine could be called")
         return left
+
+    async def _with_failover(
+        self, req: SynthesisRequest, deadline: float, call: Callable[[EngineState], Awaitable[T]]
+    ) -> tuple[tuple[EngineState, T], int, float]:
+        """The one retry loop: take a slot (another engine after a retryable failure), run `call` in it.
+
+        Returns ((engine, call's result), attempts, seconds spent queueing).
+        """
+        tried: set[str] = set()
+        attempts, queue_wait = 0, 0.0
+        try:
+            async for attempt in self._retrying(deadline):
+                with attempt:
+                    attempts += 1
+                    engine, waited = await self._slots.acquire(
+                        req.weights, frozenset(tried), deadline, retry=attempts > 1
+                    )
+                    queue_wait += waited
+                    try:
+                        return (engine, await call(engine)), attempts, queue_wait
+                    except EngineError as exc:
+                        if exc.retryable:
+                            tried.add(engine.url)
+                        raise
+        except EngineError as exc:
+            self._add_retry_hint(exc, attempts)
+            raise
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _add_retry_hint(self, exc: EngineError, attempts: int) -> None:
         """A failure another try may cure (5xx, silence, cut-off, refused) tells the client when to come back."""
