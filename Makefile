@@ -28,7 +28,10 @@ test: lint
 
 bench: $(VENV)/.dev-deps
 	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.ttfb
 	$(BIN)/python -m bench.load
+	$(BIN)/python -m bench.convert_cost
+	$(BIN)/python -m bench.cpu_engine_rtf
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
