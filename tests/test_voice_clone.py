@@ -183,3 +183,12 @@ def test_v1_flavour_engine(tmp_path: Path, reference: bytes) -> None:
         # api.py would silently swap in its default reference: reference-free mode is refused instead
         response = clone(gw.url, reference, prompt_text="")
         assert response.status_code == 422, response.text
+
+
+def test_openapi_documents_the_streamed_bodies(gateway: GatewayServer) -> None:
+    spec = httpx.get(f"{gateway.url}/openapi.json").json()
+    form = spec["paths"]["/v1/voice-clone"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert {"audio", "text", "text_language", "prompt_text", "top_k"} <= set(form["properties"])
+    assert form["properties"]["audio"]["format"] == "binary"
+    speech = spec["paths"]["/v1/audio/speech"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"input", "voice", "response_format", "stream"} <= set(speech["properties"])

@@ -88,3 +88,19 @@ def parse_params(model: type[M], fields: dict[str, Any]) -> M:
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
         )
         raise InvalidInput(problems, code="invalid_request") from exc
+
+
+def openapi_body(model: type[BaseModel], *, files: dict[str, str], json_body: bool = True) -> dict[str, Any]:
+    """Describe a body that routes read themselves (streamed, capped) so /docs still shows every field."""
+    schema = model.model_json_schema()
+    form = {
+        **schema,
+        "properties": {
+            **schema.get("properties", {}),
+            **{name: {"type": "string", "format": "binary", "description": text} for name, text in files.items()},
+        },
+    }
+    content: dict[str, Any] = {"multipart/form-data": {"schema": form}}
+    if json_body:
+        content["application/json"] = {"schema": schema}
+    return {"requestBody": {"required": True, "content": content}}

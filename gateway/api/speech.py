@@ -14,7 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from gateway.api.context import request_timeout, services, unless_disconnected
-from gateway.api.params import EngineKnobs, parse_params
+from gateway.api.params import EngineKnobs, openapi_body, parse_params
 from gateway.api.uploads import read_json, read_multipart
 from gateway.audio.convert import OUTPUT_FORMATS, encode
 from gateway.audio.wav import wav_samples
@@ -90,7 +90,13 @@ async def _read_speech_request(request: Request, svc: Services) -> tuple[SpeechP
     return parse_params(SpeechParams, await read_json(request, max_bytes=1_000_000)), None
 
 
-@router.post("/v1/audio/speech", summary="OpenAI-compatible text to speech with a saved or uploaded voice")
+@router.post(
+    "/v1/audio/speech",
+    summary="OpenAI-compatible text to speech with a saved or uploaded voice",
+    response_class=Response,
+    responses={200: {"content": {t: {} for t in OUTPUT_FORMATS.values()}, "description": "audio bytes"}},
+    openapi_extra=openapi_body(SpeechParams, files={"reference_audio": "a reference recording instead of `voice`"}),
+)
 async def speech(request: Request) -> Response:
     svc = services(request)
     timeout = request_timeout(request)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from gateway.api.context import request_timeout, services, unless_disconnected
-from gateway.api.params import CloneParams, parse_params
+from gateway.api.params import CloneParams, openapi_body, parse_params
 from gateway.api.uploads import read_json, read_multipart
 from gateway.errors import InvalidInput
 from gateway.services.references import decode_base64_reference
@@ -62,6 +62,7 @@ def _shape(outcome: CloneOutcome, request_id: str, text_length: int, encode_seco
     "/v1/voice-clone",
     summary="Clone a voice: reference audio + text → base64 WAV with timing metadata",
     responses={200: {"description": "JSON with output_audio_base64 and metadata"}},
+    openapi_extra=openapi_body(CloneParams, files={"audio": "the reference recording (wav, flac, ogg, mp3)"}),
 )
 async def voice_clone(request: Request) -> Response:
     svc = services(request)

@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from gateway.api.context import services
-from gateway.api.params import parse_params
+from gateway.api.params import openapi_body, parse_params
 from gateway.api.uploads import read_json, read_multipart
 from gateway.errors import InvalidInput
 from gateway.services.references import intake_reference
@@ -33,7 +33,12 @@ class DefaultVoice(BaseModel):
     voice_id: str | None
 
 
-@router.post("", status_code=201, summary="Create a voice from a reference recording")
+@router.post(
+    "",
+    status_code=201,
+    summary="Create a voice from a reference recording",
+    openapi_extra=openapi_body(VoiceFields, files={"audio": "the reference recording"}, json_body=False),
+)
 async def create_voice(request: Request) -> Voice:
     svc = services(request)
     form = await read_multipart(request, max_file_bytes=svc.settings.max_upload_bytes)
@@ -69,7 +74,12 @@ async def get_default(request: Request) -> DefaultVoice:
     return DefaultVoice(voice_id=voice.id if voice else None)
 
 
-@router.put("/default", summary="Set (or with null, clear) the default voice")
+@router.put(
+    "/default",
+    summary="Set (or with null, clear) the default voice",
+    openapi_extra={"requestBody": {"required": True,
+                                   "content": {"application/json": {"schema": DefaultVoice.model_json_schema()}}}},
+)
 async def set_default(request: Request) -> DefaultVoice:
     body = parse_params(DefaultVoice, await read_json(request, max_bytes=10_000))
     await anyio.to_thread.run_sync(services(request).voices.set_default, body.voice_id)
