@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
@@ -37,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics,
             pool=pool,
             voices=VoiceStore(settings.voices_dir, settings.refs_dir),
+            intake_limiter=anyio.CapacityLimiter(max(2, os.cpu_count() or 2)),
         )
         log.info("gateway ready: engines=%s shared_dir=%s", ",".join(settings.engines), settings.shared_dir)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -61,6 +62,10 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) 
     raise SystemExit(f"the CPU engine at {url} was not ready after {timeout:.0f} s")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def stack(args: argparse.Namespace) -> None:
     """The embedded default: one CPU engine and the gateway on 127.0.0.1; Ctrl-C stops both."""
     engine_url = f"http://127.0.0.1:{args.engine_port}"
@@ -70,6 +75,9 @@ def stack(args: argparse.Namespace) -> None:
     engine_cmd = [sys.executable, "-m", "gateway.cpu_engine", "--flavor", args.flavor,
                   "--host", "127.0.0.1", "--port", str(args.engine_port)]
     engine = subprocess.Popen(engine_cmd)
+    # uvicorn re-raises SIGTERM after its shutdown; as KeyboardInterrupt it reaches the `finally` below, so
+    # `docker stop` / systemd stop the engine too, not only Ctrl-C
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         _wait_ready(engine_url, engine)
         print(

@@ -107,9 +107,11 @@ class EngineTimeout(EngineError):
 
 def envelope(request: Request, err: GatewayError) -> JSONResponse:
     body: dict[str, Any] = {"code": err.code, "message": err.message}
-    body["request_id"] = getattr(request.state, "request_id", None)
+    request_id = getattr(request.state, "request_id", None)
+    body["request_id"] = request_id
     body.update(err.extra)
-    headers = {}
+    # set here too: a 500 is rendered outside the request-id middleware
+    headers = {"X-Request-ID": request_id} if request_id else {}
     if err.retry_after is not None:
         seconds = max(1, math.ceil(err.retry_after))
         headers["Retry-After"] = str(seconds)
@@ -146,5 +148,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
+        log.error("unhandled error in request_id=%s", getattr(request.state, "request_id", None), exc_info=exc)
         return envelope(request, GatewayError("internal error; see the gateway log for this request_id"))

@@ -58,5 +58,8 @@ def normalize_language(value: str) -> str:
     stripped = value.strip()
     if stripped in V1_LABELS:
         return V1_LABELS[stripped]
-    lowered = stripped.lower().replace("_", "-") if "-" in stripped else stripped.lower()
-    return ALIASES.get(lowered, lowered)
+    lowered = stripped.lower()
+    spelled = lowered.replace("_", "-")  # en_US, zh_CN: locale spellings
+    if spelled in ALIASES:
+        return ALIASES[spelled]
+    return ALIASES.get(lowered, lowered)  # engine codes keep their underscore (all_zh, auto_yue)

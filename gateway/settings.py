@@ -86,6 +86,7 @@ class Settings(BaseSettings):
 
     def to_engine_path(self, local: Path) -> str:
         """Translate a file under shared_dir into the path the engine opens (absolute on its side)."""
-        relative = local.resolve().relative_to(self.shared_dir.resolve())
-        base = self.engine_shared_dir if self.engine_shared_dir else self.shared_dir.resolve()
+        # absolute(), not resolve(): no filesystem calls on the request path (the dir may be on NFS)
+        relative = local.absolute().relative_to(self.shared_dir.absolute())
+        base = self.engine_shared_dir if self.engine_shared_dir else self.shared_dir.absolute()
         return str(base / relative)

@@ -6,6 +6,8 @@ sees exactly what a gateway would see, including crashes and dropped connections
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import io
 import os
 import signal
@@ -231,3 +233,34 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0, interval: f
     while not condition():
         assert time.monotonic() < deadline, f"condition not reached within {timeout} s"
         time.sleep(interval)
+
+
+def engine_stats(url: str) -> dict[str, Any]:
+    """`GET /_stats` of an engine started with `--debug-routes` (blocking: use `asyncio.to_thread` in async tests)."""
+    return dict(httpx.get(f"{url}/_stats", timeout=10).json())
+
+
+def set_engine_faults(url: str, **changes: Any) -> dict[str, Any]:
+    """`POST /_faults` (keys left out keep their value); returns the engine's fault settings afterwards."""
+    response = httpx.post(f"{url}/_faults", json=changes, timeout=10)
+    response.raise_for_status()
+    return dict(response.json())
+
+
+async def engine_stats_async(url: str) -> dict[str, Any]:
+    """`GET /_stats` without blocking the event loop (for conditions polled inside async tests)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        return dict((await client.get(f"{url}/_stats")).json())
+
+
+async def wait_until_async(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> None:
+    """Like wait_until, for async tests: `condition` may return a bool or an awaitable of one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        assert time.monotonic() < deadline, f"condition not reached within {timeout} s"
+        await asyncio.sleep(interval)

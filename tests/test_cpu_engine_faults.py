@@ -17,9 +17,11 @@ from tests.support import (
     EngineProcess,
     assert_speech,
     decode_wav,
+    engine_stats,
     make_reference,
     read_until_abort,
     running_engine,
+    set_engine_faults,
     wait_until,
 )
 
@@ -48,18 +50,8 @@ def faulty() -> Iterator[EngineProcess]:
 @pytest.fixture
 def engine(faulty: EngineProcess) -> Iterator[EngineProcess]:
     yield faulty
-    set_faults(faulty, fault=None, delay=0.0, fault_after=0)
-    wait_until(lambda: stats(faulty)["in_flight"] == 0)
-
-
-def set_faults(engine: EngineProcess, **changes: Any) -> dict[str, Any]:
-    response = httpx.post(f"{engine.url}/_faults", json=changes, timeout=10)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-def stats(engine: EngineProcess) -> dict[str, Any]:
-    return dict(httpx.get(f"{engine.url}/_stats", timeout=10).json())
+    set_engine_faults(faulty.url, fault=None, delay=0.0, fault_after=0)
+    wait_until(lambda: engine_stats(faulty.url)["in_flight"] == 0)
 
 
 def raw_exchange(port: int, request: bytes) -> bytes:
@@ -89,7 +81,7 @@ def test_fault_500_after_healthy_requests(ref: Path) -> None:
             head, _, text = raw_exchange(engine.port, request).partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 500") and b"text/plain" in head
             assert text == b"Internal Server Error"
-        assert stats(engine)["requests"] == 4
+        assert engine_stats(engine.url)["requests"] == 4
 
 
 def test_exit_after_crashes_without_answering_and_restart_recovers(ref: Path) -> None:
@@ -117,7 +109,7 @@ def test_silence_fault_from_the_command_line(ref: Path) -> None:
 
 
 def test_silence_in_streaming_is_a_silent_chunk_then_an_abort(engine: EngineProcess, ref: Path) -> None:
-    set_faults(engine, fault="silence")
+    set_engine_faults(engine.url, fault="silence")
     response, received = read_until_abort("POST", f"{engine.url}/tts", json=params(ref, streaming_mode=1))
     assert response.status_code == 200
     assert received[:4] == b"RIFF" and int.from_bytes(received[24:28], "little") == 16000
@@ -125,7 +117,7 @@ def test_silence_in_streaming_is_a_silent_chunk_then_an_abort(engine: EngineProc
 
 
 def test_truncate_mode0_sends_a_full_content_length_and_half_the_body(engine: EngineProcess, ref: Path) -> None:
-    set_faults(engine, fault="truncate")
+    set_engine_faults(engine.url, fault="truncate")
     response, received = read_until_abort("POST", f"{engine.url}/tts", json=params(ref))
     assert response.status_code == 200
     declared = int(response.headers["content-length"])
@@ -134,7 +126,7 @@ def test_truncate_mode0_sends_a_full_content_length_and_half_the_body(engine: En
 
 
 def test_truncate_streaming_sends_audio_then_aborts(engine: EngineProcess, ref: Path) -> None:
-    set_faults(engine, fault="truncate")
+    set_engine_faults(engine.url, fault="truncate")
     body = params(ref, text="One sentence. Another sentence.", streaming_mode=1)
     response, received = read_until_abort("POST", f"{engine.url}/tts", json=body)
     assert response.status_code == 200
@@ -142,16 +134,16 @@ def test_truncate_streaming_sends_audio_then_aborts(engine: EngineProcess, ref: 
 
 
 def test_runtime_500_and_fault_after(engine: EngineProcess, ref: Path) -> None:
-    set_faults(engine, fault="500", fault_after=1)
+    set_engine_faults(engine.url, fault="500", fault_after=1)
     assert httpx.post(f"{engine.url}/tts", json=params(ref), timeout=60).status_code == 200
     failed = httpx.post(f"{engine.url}/tts", json=params(ref), timeout=60)
     assert (failed.status_code, failed.text) == (500, "Internal Server Error")
-    set_faults(engine, fault=None)
+    set_engine_faults(engine.url, fault=None)
     assert httpx.post(f"{engine.url}/tts", json=params(ref), timeout=60).status_code == 200
 
 
 def test_delay_is_added_to_every_synthesis(engine: EngineProcess, ref: Path) -> None:
-    snapshot = set_faults(engine, delay=1.0)
+    snapshot = set_engine_faults(engine.url, delay=1.0)
     assert snapshot["delay"] == 1.0 and snapshot["fault"] is None
     started = time.monotonic()
     response = httpx.post(f"{engine.url}/tts", json=params(ref), timeout=60)
@@ -160,29 +152,29 @@ def test_delay_is_added_to_every_synthesis(engine: EngineProcess, ref: Path) -> 
 
 
 def test_hang_never_answers_and_holds_the_engine_until_the_client_leaves(engine: EngineProcess, ref: Path) -> None:
-    set_faults(engine, fault="hang")
+    set_engine_faults(engine.url, fault="hang")
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{engine.url}/tts", json=params(ref), timeout=httpx.Timeout(60, read=1.5))
-    wait_until(lambda: stats(engine)["in_flight"] == 0)  # the client left, so the engine let the request go
+    wait_until(lambda: engine_stats(engine.url)["in_flight"] == 0)  # the client left, so the engine let the request go
 
     # A hung request keeps the engine: a second request (no fault for it) waits until the first client leaves.
     body = f'{{"text": "{SHORT}", "text_lang": "en", "ref_audio_path": "{ref}", "prompt_lang": "en"}}'.encode()
     hung = socket.create_connection(("127.0.0.1", engine.port), timeout=30)
     hung.sendall(b"POST /tts HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\nContent-Length: "
                  + str(len(body)).encode() + b"\r\n\r\n" + body)
-    wait_until(lambda: stats(engine)["in_flight"] == 1)
-    set_faults(engine, fault=None)
+    wait_until(lambda: engine_stats(engine.url)["in_flight"] == 1)
+    set_engine_faults(engine.url, fault=None)
     result: dict[str, httpx.Response] = {}
     waiter = threading.Thread(
         target=lambda: result.setdefault("r", httpx.post(f"{engine.url}/tts", json=params(ref), timeout=60)))
     waiter.start()
-    wait_until(lambda: stats(engine)["in_flight"] == 2)
+    wait_until(lambda: engine_stats(engine.url)["in_flight"] == 2)
     waiter.join(timeout=2.0)
     assert waiter.is_alive(), "the second request ran while the hung one still held the engine"
     hung.close()
     waiter.join(timeout=60)
     assert result["r"].status_code == 200
-    assert stats(engine)["max_in_flight"] >= 2
+    assert engine_stats(engine.url)["max_in_flight"] >= 2
 
 
 def test_faults_route_validates_its_input(engine: EngineProcess) -> None:
@@ -192,6 +184,6 @@ def test_faults_route_validates_its_input(engine: EngineProcess) -> None:
 
 
 def test_validation_errors_are_never_faulted(engine: EngineProcess) -> None:
-    set_faults(engine, fault="500")
+    set_engine_faults(engine.url, fault="500")
     response = httpx.get(f"{engine.url}/tts", params={"text_lang": "zh", "prompt_lang": "zh"})
     assert (response.status_code, response.json()) == (400, {"message": "ref_audio_path is required"})

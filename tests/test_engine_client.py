@@ -6,22 +6,34 @@ Faults are injected by the engine itself (start-up flags or `POST /_faults`), ne
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
+import soundfile as sf
 
 from gateway.engine import protocol_v1, protocol_v2
 from gateway.engine.client import VoiceCloner
-from gateway.engine.types import SynthesisRequest
+from gateway.engine.stream import stream_from_wav
+from gateway.engine.types import EngineInfo, SynthesisRequest, SynthesisResult
 from gateway.errors import EngineBadResponse, EngineRejected, EngineTimeout, EngineUnavailable
+from gateway.languages import normalize_language
 from gateway.settings import ModelWeights, Settings
-from tests.support import EngineProcess, assert_speech, decode_wav, free_port, make_reference, running_engine
+from tests.support import (
+    EngineProcess,
+    assert_speech,
+    decode_wav,
+    engine_stats,
+    engine_stats_async,
+    free_port,
+    make_reference,
+    running_engine,
+    set_engine_faults,
+    wait_until_async,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -65,16 +77,11 @@ def v1_engine() -> Iterator[EngineProcess]:
 def faulty_v2(v2_engine: EngineProcess) -> Iterator[EngineProcess]:
     """The shared v2 engine, with any fault a test sets cleared afterwards."""
     yield v2_engine
-    set_faults(v2_engine, fault=None, delay=0.0, fault_after=0)
+    set_engine_faults(v2_engine.url, fault=None, delay=0.0, fault_after=0)
 
 
-def set_faults(engine: EngineProcess, **changes: Any) -> None:
-    httpx.post(f"{engine.url}/_faults", json=changes, timeout=5).raise_for_status()
-
-
-def stats(engine: EngineProcess) -> dict[str, Any]:
-    result: dict[str, Any] = httpx.get(f"{engine.url}/_stats", timeout=5).json()
-    return result
+async def engine_idle(url: str) -> bool:
+    return (await engine_stats_async(url))["in_flight"] == 0
 
 
 def request(ref: Path, **fields: Any) -> SynthesisRequest:
@@ -121,7 +128,7 @@ async def test_forced_flavour_needs_no_engine() -> None:
 async def test_version_probe_reads_the_loaded_model(v2_engine: EngineProcess) -> None:
     async with cloner(v2_engine.url) as client:
         await client.detect_flavor()
-        assert await client.probe_version() == stats(v2_engine)["version"] == "v2"
+        assert await client.probe_version() == engine_stats(v2_engine.url)["version"] == "v2"
         assert client.info.version == "v2"
 
 
@@ -163,10 +170,7 @@ async def test_leaving_a_stream_early_stops_the_engine(v2_engine: EngineProcess,
             async for _chunk in stream.chunks():
                 break
         assert not stream.finished
-        deadline = time.monotonic() + 20
-        while (busy := stats(v2_engine)["in_flight"]) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-        assert busy == 0, "the engine kept streaming to nobody"
+        await wait_until_async(lambda: engine_idle(v2_engine.url))  # else the engine kept streaming to nobody
         result = await client.synthesize(request(refs["ok"]), timeout=30)  # the connection pool is still usable
         assert result.frames > 0
 
@@ -183,7 +187,7 @@ async def test_weight_switch_changes_version_and_rate(
         path.write_bytes(b"weights")
     async with cloner(v2_engine.url) as client:
         await client.load_weights(ModelWeights(gpt=str(gpt), sovits=str(v3)))
-        assert client.info.version == "v3" and stats(v2_engine)["sovits_weights"] == str(v3)
+        assert client.info.version == "v3" and engine_stats(v2_engine.url)["sovits_weights"] == str(v3)
         result = await client.synthesize(request(refs["ok"]), timeout=30)
         assert result.sample_rate == 24000
         await client.load_weights(ModelWeights(sovits=str(v2)))
@@ -193,7 +197,7 @@ async def test_weight_switch_changes_version_and_rate(
         assert "absent.ckpt" in missing.value.message and v2_engine.url in missing.value.message
     async with cloner(v1_engine.url) as client:
         await client.load_weights(ModelWeights(gpt=str(gpt), sovits=str(v3)))
-        assert stats(v1_engine)["sovits_weights"] == str(v3)
+        assert engine_stats(v1_engine.url)["sovits_weights"] == str(v3)
         result = await client.synthesize(request(refs["ok"]), timeout=30)
         assert result.sample_rate == 24000 and client.info.version == "v3"  # learned from the rate
         await client.load_weights(ModelWeights(gpt=str(gpt), sovits=str(v2)))
@@ -226,11 +230,11 @@ async def test_reference_outside_3_to_10_seconds_is_rejected(v2_engine: EnginePr
 async def test_v1_reference_free_request_never_reaches_the_engine(
     v1_engine: EngineProcess, refs: dict[str, Path]
 ) -> None:
-    before = stats(v1_engine)["requests"]
+    before = engine_stats(v1_engine.url)["requests"]
     async with cloner(v1_engine.url) as client:
         with pytest.raises(EngineRejected, match="default reference"):
             await client.synthesize(request(refs["ok"], prompt_text=""), timeout=30)
-    assert stats(v1_engine)["requests"] == before
+    assert engine_stats(v1_engine.url)["requests"] == before
 
 
 # ---------------------------------------------------------------------- engine faults (retryable or timeouts)
@@ -262,7 +266,7 @@ async def test_engine_dying_mid_request_is_unavailable(refs: dict[str, Path]) ->
 
 
 async def test_hang_times_out_by_the_deadline(faulty_v2: EngineProcess, refs: dict[str, Path]) -> None:
-    set_faults(faulty_v2, fault="hang")
+    set_engine_faults(faulty_v2.url, fault="hang")
     async with cloner(faulty_v2.url) as client:
         with pytest.raises(EngineTimeout) as caught:
             await client.synthesize(request(refs["ok"]), timeout=1.0)
@@ -272,18 +276,18 @@ async def test_hang_times_out_by_the_deadline(faulty_v2: EngineProcess, refs: di
 async def test_500_is_a_bad_response_and_the_next_request_is_clean(
     faulty_v2: EngineProcess, refs: dict[str, Path]
 ) -> None:
-    set_faults(faulty_v2, fault="500")
+    set_engine_faults(faulty_v2.url, fault="500")
     async with cloner(faulty_v2.url) as client:
         with pytest.raises(EngineBadResponse) as caught:
             await client.synthesize(request(refs["ok"]), timeout=30)
         assert caught.value.retryable and "HTTP 500" in caught.value.message
-        set_faults(faulty_v2, fault=None)
+        set_engine_faults(faulty_v2.url, fault=None)
         # engine-protocol §11: the engine drops the connection after a 500; it must not be reused.
         assert (await client.synthesize(request(refs["ok"]), timeout=30)).frames > 0
 
 
 async def test_silence_placeholder_is_never_a_success(faulty_v2: EngineProcess, refs: dict[str, Path]) -> None:
-    set_faults(faulty_v2, fault="silence")
+    set_engine_faults(faulty_v2.url, fault="silence")
     async with cloner(faulty_v2.url) as client:
         with pytest.raises(EngineBadResponse) as caught:
             await client.synthesize(request(refs["ok"]), timeout=30)
@@ -294,7 +298,7 @@ async def test_silence_placeholder_is_never_a_success(faulty_v2: EngineProcess, 
 
 
 async def test_truncated_body_is_a_bad_response(faulty_v2: EngineProcess, refs: dict[str, Path]) -> None:
-    set_faults(faulty_v2, fault="truncate")
+    set_engine_faults(faulty_v2.url, fault="truncate")
     async with cloner(faulty_v2.url) as client:
         with pytest.raises(EngineBadResponse) as whole:
             await client.synthesize(request(refs["ok"]), timeout=30)
@@ -361,3 +365,30 @@ def test_v1_body_maps_split_methods_and_reports_dropped_knobs() -> None:
         SynthesisRequest(text="Hi.", text_language="en", reference_path="/r.wav", prompt_text="ref")
     )
     assert "cut_punc" not in default  # the engine's own -cp setting applies
+
+
+# ---------------------------------------------------------------------- pure helpers
+
+
+async def test_v1_stream_hands_on_32_bit_pcm_as_16_bit(tmp_path: Path) -> None:
+    """api.py started with `-st int32` answers 32-bit PCM; stream consumers always get int16."""
+    rate = 32000
+    samples = (np.sin(np.linspace(0, 200, rate)) * 0.5).astype(np.float32)
+    path = tmp_path / "int32.wav"
+    sf.write(str(path), samples, rate, subtype="PCM_32")
+    data = path.read_bytes()
+    info = EngineInfo(url="http://engine", flavor="v1")
+    result = SynthesisResult(wav=data, sample_rate=rate, frames=rate, engine=info)
+    stream = stream_from_wav(result, asyncio.get_running_loop().time() + 10)
+    pcm = b"".join([chunk async for chunk in stream.chunks()])
+    assert len(pcm) == 2 * rate and stream.stop_grace() == 0.0
+    decoded = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
+    assert np.max(np.abs(decoded - samples)) < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("spelling", "code"),
+    [("en_US", "en"), ("zh_CN", "zh"), ("EN-us", "en"), ("all_zh", "all_zh"), ("auto_yue", "auto_yue")],
+)
+def test_normalize_language_accepts_locale_spellings(spelling: str, code: str) -> None:
+    assert normalize_language(spelling) == code

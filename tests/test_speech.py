@@ -71,10 +71,6 @@ def test_sdk_streaming_response(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("fmt", ["mp3", "opus", "flac", "wav", "pcm", "aac"])
 def test_every_format_decodes_at_the_right_rate(client: openai.OpenAI, fmt: str) -> None:
-    from gateway.audio.convert import OUTPUT_FORMATS
-
-    if fmt not in OUTPUT_FORMATS:
-        pytest.skip(f"{fmt} encoder not available")
     audio = client.audio.speech.create(model="gpt-sovits", voice="anna", input="One format at a time.",
                                        response_format=fmt)  # type: ignore[arg-type]
     data = audio.content
@@ -177,3 +173,24 @@ def test_stream_client_leaving_stops_the_engine(tmp_path: Path) -> None:
         # the client left after the first bytes: the engine slot comes back long before 12 s of work is done
         wait_until(lambda: httpx.get(f"{engine.url}/_stats").json()["in_flight"] == 0, timeout=6)
         wait_until(lambda: httpx.get(f"{gw.url}/readyz").json()["engines"][0]["in_flight"] == 0, timeout=2)
+
+
+def test_speech_refuses_stray_file_fields(gateway: GatewayServer, tmp_path: Path) -> None:
+    ref = make_reference(tmp_path / "r.wav", seconds=4.0).read_bytes()
+    response = httpx.post(
+        f"{gateway.url}/v1/audio/speech",
+        data={"input": "A stray file.", "voice": "anna"},
+        files={"audio": ("r.wav", ref)},  # voice-clone's field name, not speech's
+        timeout=30,
+    )
+    assert_error(response, 422, "unexpected_file", contains="reference_audio")
+
+
+def test_speech_headers_name_the_engine_and_attempts(gateway: GatewayServer) -> None:
+    body = {"model": "gpt-sovits", "voice": "anna", "input": "Headers.", "response_format": "wav"}
+    response = httpx.post(f"{gateway.url}/v1/audio/speech", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-engine"].startswith("http://127.0.0.1:")
+    assert response.headers["x-engine-attempts"] == "1"
+    assert float(response.headers["x-audio-duration"]) > 0.3
+    assert response.headers["x-voice-id"] == gateway.app.state.test_voice_id

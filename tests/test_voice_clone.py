@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +124,8 @@ def test_missing_fields(gateway: GatewayServer, reference: bytes) -> None:
     assert_error(response, 422, "invalid_request", contains="text")
     assert_error(clone(gateway.url, None), 422, "missing_reference", contains="voice_id")
     assert_error(clone(gateway.url, reference, text="   "), 422, "empty_text")
+    # nothing to speak: the engine would answer its silence placeholder, so it is refused up front
+    assert_error(clone(gateway.url, reference, text="... !?"), 422, "empty_text", contains="nothing to speak")
 
 
 def test_client_cannot_name_an_engine_path(gateway: GatewayServer, reference: bytes) -> None:
@@ -192,3 +195,36 @@ def test_openapi_documents_the_streamed_bodies(gateway: GatewayServer) -> None:
     assert form["properties"]["audio"]["format"] == "binary"
     speech = spec["paths"]["/v1/audio/speech"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"input", "voice", "response_format", "stream"} <= set(speech["properties"])
+
+
+def test_ambiguous_or_stray_references_are_refused(gateway: GatewayServer, reference: bytes) -> None:
+    both = clone(gateway.url, reference, reference_audio_base64=base64.b64encode(reference[:3000]).decode())
+    assert_error(both, 422, "conflicting_reference")
+    assert_error(clone(gateway.url, reference, voice_id="narrator"), 422, "conflicting_reference")
+    stray = httpx.post(
+        f"{gateway.url}/v1/voice-clone",
+        data={"text": TEXT},
+        files={"audio": ("r.wav", reference), "reference": ("x.wav", reference)},
+        timeout=30,
+    )
+    assert_error(stray, 422, "unexpected_file", contains="'reference'")
+    payload = {"text": TEXT, "reference_audio_base64": "data:audio/wav;base64"}  # a data: URL without data
+    assert_error(httpx.post(f"{gateway.url}/v1/voice-clone", json=payload, timeout=30), 422, "invalid_base64")
+
+
+def test_json_content_type_is_case_insensitive(gateway: GatewayServer, reference: bytes) -> None:
+    payload = {"text": TEXT, "text_language": "en", "reference_audio_base64": base64.b64encode(reference).decode()}
+    response = httpx.post(
+        f"{gateway.url}/v1/voice-clone",
+        content=json.dumps(payload),
+        headers={"Content-Type": "Application/JSON; charset=utf-8"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_language_spellings_are_normalised(gateway: GatewayServer, reference: bytes) -> None:
+    for spelling in ("EN", "en-US", "en_US"):
+        response = clone(gateway.url, reference, text_language=spelling)
+        assert response.status_code == 200, (spelling, response.text)
+        assert response.json()["text_language"] == "en"

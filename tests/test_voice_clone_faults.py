@@ -39,7 +39,7 @@ def test_engine_killed_mid_request_is_503(tmp_path: Path, reference: bytes) -> N
         fast_settings(tmp_path, [engine.url])
     ) as gw:
         response = clone(gw.url, reference)
-        assert response.status_code in (502, 503), response.text
+        assert_error(response, 503, "engine_unavailable")  # the request never ran: retryable, Retry-After
         assert "retry-after" in response.headers
         assert engine.proc.wait(10) is not None
 
@@ -65,11 +65,11 @@ def test_hanging_engine_times_out_with_504(tmp_path: Path, reference: bytes) -> 
 )
 def test_engine_garbage_is_502(tmp_path: Path, reference: bytes, fault: str, code: str, contains: str) -> None:
     with running_engine("--fault", fault, flavor="v2") as engine, running_gateway(
-        fast_settings(tmp_path, [engine.url], max_attempts=2)
+        fast_settings(tmp_path, [engine.url])
     ) as gw:
         response = clone(gw.url, reference)
         error = assert_error(response, 502, code, contains=contains)
-        assert error["attempts"] == 2  # retried once (the only engine), then answered honestly
+        assert error["attempts"] == 1  # the only engine failed: no instant retry on it, the honest 502
         assert "retry-after" in response.headers
         assert error.get("engine") == engine.url or engine.url in error["message"]
 

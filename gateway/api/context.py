@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 import uuid
@@ -50,8 +49,10 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -97,8 +98,9 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         if task in done:
             return task.result()
         task.cancel()
-        with contextlib.suppress(BaseException):  # the work was abandoned on purpose
-            await task
+        await asyncio.wait({task})  # let it unwind (release its queue place) without swallowing our own cancel
+        if not task.cancelled():
+            task.exception()  # mark a late failure as seen: the client is gone, nobody reads it
         raise ClientDisconnected()
     finally:
         watcher.cancel()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gateway.errors import InvalidInput
+from gateway.services.params import CloneParams, EngineKnobs
+
+__all__ = ["CloneParams", "EngineKnobs", "openapi_body", "parse_params", "reject_engine_paths"]
 
 #: Fields that would let a client choose a file on the engine host (engine-protocol.md §5, DESIGN §9).
 ENGINE_PATH_FIELDS = frozenset(
@@ -26,41 +29,6 @@ ENGINE_PATH_FIELDS = frozenset(
 )
 
 M = TypeVar("M", bound=BaseModel)
-
-SplitMethod = Literal["cut0", "cut1", "cut2", "cut3", "cut4", "cut5"]
-
-
-class EngineKnobs(BaseModel):
-    """Optional engine knobs; None leaves the engine's own default in force."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    cut_punc: str | None = Field(None, max_length=32)
-    text_split_method: SplitMethod | None = None
-    top_k: int | None = Field(None, ge=1, le=100)
-    top_p: float | None = Field(None, gt=0, le=1)
-    temperature: float | None = Field(None, gt=0, le=2)
-    speed: float | None = Field(None, ge=0.25, le=4)
-    seed: int | None = Field(None, ge=-1, le=2**32 - 1)
-    batch_size: int | None = Field(None, ge=1, le=64)
-    repetition_penalty: float | None = Field(None, ge=0.5, le=3)
-    fragment_interval: float | None = Field(None, ge=0, le=5)
-    sample_steps: int | None = Field(None, ge=1, le=128)
-    model: str | None = Field(None, max_length=128, description="an admin-configured weights name (GATEWAY_MODELS)")
-
-
-class CloneParams(EngineKnobs):
-    """`POST /v1/voice-clone` fields other than the reference itself."""
-
-    text: str = Field(min_length=1)
-    text_language: str = "auto"
-    prompt_text: str = Field("", max_length=1000)
-    prompt_language: str | None = None
-    voice_id: str | None = Field(None, max_length=128)
-    trim_reference: bool = False
-    stream: bool = False
-    reference_audio_base64: str | None = None
-
 
 def reject_engine_paths(fields: dict[str, Any]) -> None:
     """A client never names a path on the engine host: say so plainly instead of ignoring the field."""

@@ -10,18 +10,25 @@ from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from gateway.api.context import request_timeout, services, unless_disconnected
 from gateway.api.params import EngineKnobs, openapi_body, parse_params
-from gateway.api.uploads import read_json, read_multipart
+from gateway.api.uploads import is_json, read_json, read_multipart
 from gateway.audio.convert import OUTPUT_FORMATS, encode
 from gateway.audio.wav import wav_samples
+from gateway.engine.types import SynthesisRequest
 from gateway.errors import BadRequest, NotFound
 from gateway.services.context import Services
-from gateway.services.streaming import STREAM_FORMATS, open_stream
-from gateway.services.synthesis import ResolvedReference, build_request, resolve_reference
+from gateway.services.streaming import STREAM_FORMATS, EngineAudioResponse, open_stream, stream_limit
+from gateway.services.synthesis import (
+    ResolvedReference,
+    build_request,
+    check_language,
+    check_text,
+    resolve_reference,
+)
 from gateway.voices.store import Voice
 
 router = APIRouter()
@@ -56,15 +63,17 @@ class SpeechParams(EngineKnobs):
 
 
 def _voice_for(svc: Services, voice: str | VoiceRef | None) -> Voice | None:
-    """Resolve `voice` by id or name; OpenAI's stock names fall back to the default voice when one is set."""
+    """Resolve `voice` by id or name, else the default voice; OpenAI's stock names (`alloy`, ...) that match no
+    saved voice also mean the default voice. Runs in a thread: it reads the library's files."""
     name = voice.id if isinstance(voice, VoiceRef) else voice
     if not name:
-        return None
+        return svc.voices.default()
     try:
         return svc.voices.resolve(name)
     except NotFound:
-        if name.lower() in OPENAI_VOICES and svc.voices.default() is not None:
-            return None
+        default = svc.voices.default() if name.lower() in OPENAI_VOICES else None
+        if default is not None:
+            return default
         known = ", ".join(v.name for v in svc.voices.list()) or "none yet; create one with POST /v1/voices"
         raise NotFound(f"voice '{name[:64]}' does not exist; voices: {known}", code="voice_not_found") from None
 
@@ -81,13 +90,37 @@ def _check_format(params: SpeechParams) -> None:
         )
 
 
-async def _read_speech_request(request: Request, svc: Services) -> tuple[SpeechParams, bytes | None]:
+async def _prepare(request: Request, svc: Services) -> tuple[SpeechParams, SynthesisRequest, ResolvedReference]:
+    """Read the body, resolve the voice or take in the uploaded reference, build the engine request.
+    The raw upload dies with this frame: it is not held in memory through the queue wait."""
     limit = svc.settings.max_upload_bytes
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await read_multipart(request, max_file_bytes=limit)
-        upload = form.files.get("reference_audio")
-        return parse_params(SpeechParams, dict(form.fields)), upload.data if upload else None
-    return parse_params(SpeechParams, await read_json(request, max_bytes=1_000_000)), None
+    audio: bytes | None = None
+    if is_json(request):
+        params = parse_params(SpeechParams, await read_json(request, max_bytes=1_000_000))
+    else:
+        form = await read_multipart(request, max_file_bytes=limit, file_fields=frozenset({"reference_audio"}))
+        params = parse_params(SpeechParams, dict(form.fields))
+        audio = form.files["reference_audio"].data if "reference_audio" in form.files else None
+    _check_format(params)
+    text = check_text(svc, params.input)
+    # an uploaded reference wins over `voice` (the SDK always sends a voice)
+    voice = None if audio is not None else await anyio.to_thread.run_sync(_voice_for, svc, params.voice)
+    reference = await resolve_reference(
+        svc,
+        audio=audio,
+        voice=voice,
+        prompt_text=params.prompt_text or params.reference_text or "",
+        prompt_language=params.prompt_language,
+        how_to_send="name a saved 'voice' or upload 'reference_audio'",
+    )
+    text_language = check_language(
+        svc, params.text_language or reference.prompt_language or "auto", "text_language"
+    )
+    knobs = params.model_copy(update={"model": params.model if params.model in svc.settings.models else None})
+    synthesis = build_request(
+        svc, text=text, text_language=text_language, reference=reference, knobs=knobs, streaming=params.stream
+    )
+    return params, synthesis, reference
 
 
 @router.post(
@@ -100,40 +133,26 @@ async def _read_speech_request(request: Request, svc: Services) -> tuple[SpeechP
 async def speech(request: Request) -> Response:
     svc = services(request)
     timeout = request_timeout(request)
-    params, audio = await _read_speech_request(request, svc)
-    _check_format(params)
-    voice = None if audio is not None else _voice_for(svc, params.voice)
-    reference: ResolvedReference = await resolve_reference(
-        svc,
-        audio=audio,
-        voice_id=voice.id if voice else None,
-        prompt_text=params.prompt_text or params.reference_text or "",
-        prompt_language=params.prompt_language,
-    )
-    knobs = params.model_copy(update={"model": params.model if params.model in svc.settings.models else None})
-    synthesis = build_request(
-        svc,
-        text=params.input,
-        text_language=params.text_language or reference.prompt_language or "auto",
-        reference=reference,
-        knobs=knobs,
-        streaming=params.stream,
-    )
+    params, synthesis, reference = await _prepare(request, svc)
     if params.stream:
         fmt: Literal["wav", "pcm"] = "wav" if params.response_format == "wav" else "pcm"
-        rate, body = await unless_disconnected(
+        opened = await unless_disconnected(
             request, open_stream(svc, synthesis, fmt, target_rate=params.sample_rate, timeout=timeout)
         )
-        return StreamingResponse(body, media_type=OUTPUT_FORMATS[fmt], headers=_audio_headers(rate, reference))
+        headers = _audio_headers(opened.rate, reference)
+        return EngineAudioResponse(opened, media_type=OUTPUT_FORMATS[fmt], headers=headers,
+                                   limit=stream_limit(svc, timeout))
     result = await unless_disconnected(request, svc.pool.synthesize(synthesis, timeout=timeout))
     svc.metrics.audio_seconds.inc(result.duration)
     if params.response_format == "wav" and params.sample_rate in (None, result.sample_rate):
         data, rate = result.wav, result.sample_rate  # already a PCM16 WAV: no re-encode
     else:
-        samples, source_rate = wav_samples(result.wav)
-        data, rate = await anyio.to_thread.run_sync(
-            lambda: encode(samples, source_rate, params.response_format, target_rate=params.sample_rate)
-        )
+
+        def convert() -> tuple[bytes, int]:
+            samples, source_rate = wav_samples(result.wav)
+            return encode(samples, source_rate, params.response_format, target_rate=params.sample_rate)
+
+        data, rate = await anyio.to_thread.run_sync(convert)
     headers = _audio_headers(rate, reference)
     headers["X-Audio-Duration"] = f"{result.duration:.3f}"
     headers["X-Engine"] = result.engine.url

@@ -11,13 +11,18 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
+from gateway.api.context import ClientDisconnected
 from gateway.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMedia
 
 #: Text fields are small; this bounds a hostile client sending a huge "text" part.
 MAX_FIELD_BYTES = 256 * 1024
+#: All text fields together, and how many parts a form may have: the whole body stays bounded.
+MAX_FIELDS_TOTAL_BYTES = 1024 * 1024
+MAX_PARTS = 64
 #: After refusing an upload we keep reading (and discarding) this much so the client can read our 413.
 DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
 
@@ -38,9 +43,11 @@ class Form:
 class _FormBuilder:
     """python-multipart callbacks that collect parts while enforcing per-part caps."""
 
-    def __init__(self, max_file_bytes: int) -> None:
+    def __init__(self, max_file_bytes: int, file_fields: frozenset[str]) -> None:
         self.form = Form()
         self.max_file_bytes = max_file_bytes
+        self.file_fields = file_fields
+        self._parts = 0
         self._headers: dict[bytes, bytes] = {}
         self._header_field = b""
         self._header_value = b""
@@ -50,6 +57,9 @@ class _FormBuilder:
         self._is_file = False
 
     def on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise PayloadTooLarge(f"form has more than {MAX_PARTS} parts")
         self._headers, self._buffer = {}, bytearray()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
@@ -68,6 +78,13 @@ class _FormBuilder:
         raw_filename = options.get(b"filename")
         self._is_file = raw_filename is not None
         self._filename = raw_filename.decode("utf-8", "replace") if raw_filename is not None else None
+        if self._is_file and self._name not in self.file_fields:
+            # refused before a byte of it is buffered; a silently ignored file would hide a client's mistake
+            expected = " or ".join(f"'{name}'" for name in sorted(self.file_fields)) or "no file"
+            raise InvalidInput(f"unexpected file field '{self._name[:64]}'; this route takes {expected}",
+                               code="unexpected_file")
+        if self._is_file and self._name in self.form.files:
+            raise InvalidInput(f"file field '{self._name[:64]}' was sent twice", code="unexpected_file")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         self._buffer += data[start:end]
@@ -104,17 +121,23 @@ async def _drain(request: Request) -> None:
         return
 
 
+def is_json(request: Request) -> bool:
+    content_type, _ = parse_options_header(request.headers.get("content-type", ""))
+    return content_type.lower() == b"application/json"
+
+
 def _declared_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     return int(value) if value and value.isdigit() else None
 
 
-async def read_multipart(request: Request, *, max_file_bytes: int) -> Form:
+async def read_multipart(request: Request, *, max_file_bytes: int, file_fields: frozenset[str]) -> Form:
     """Parse a multipart/form-data body as it streams in; 413 as soon as a part passes its cap.
 
     A urlencoded form (no files, e.g. `curl -d text=... -d voice_id=...`) is accepted too.
     """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    content_type = content_type.lower()
     if content_type == b"application/x-www-form-urlencoded":
         raw = await _read_capped(request, MAX_FIELD_BYTES)
         try:
@@ -131,17 +154,24 @@ async def read_multipart(request: Request, *, max_file_bytes: int) -> Form:
             f"request body is {declared} bytes; the upload limit is {max_file_bytes} bytes",
             limit_bytes=max_file_bytes,
         )
-    builder = _FormBuilder(max_file_bytes)
+    builder = _FormBuilder(max_file_bytes, file_fields)
     callbacks = {
         name: getattr(builder, name)
         for name in ("on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",
                      "on_header_end", "on_headers_finished")
     }
     parser = MultipartParser(boundary, callbacks=callbacks)  # type: ignore[arg-type]
+    limit = max_file_bytes * max(1, len(file_fields)) + MAX_FIELDS_TOTAL_BYTES
+    received = 0
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes", limit_bytes=max_file_bytes)
             parser.write(chunk)
         parser.finalize()
+    except ClientDisconnect as exc:
+        raise ClientDisconnected() from exc
     except PayloadTooLarge:
         await _drain(request)
         raise
@@ -158,11 +188,14 @@ async def _read_capped(request: Request, max_bytes: int) -> bytes:
         await _drain(request)
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {max_bytes} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            await _drain(request)
-            raise PayloadTooLarge(f"request body is larger than the {max_bytes} byte limit")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                await _drain(request)
+                raise PayloadTooLarge(f"request body is larger than the {max_bytes} byte limit")
+    except ClientDisconnect as exc:
+        raise ClientDisconnected() from exc
     return bytes(body)
 
 
@@ -170,7 +203,8 @@ async def read_json(request: Request, *, max_bytes: int) -> dict[str, Any]:
     """Read a JSON object body with a byte cap (base64 references make these large)."""
     body = await _read_capped(request, max_bytes)
     try:
-        parsed = json.loads(body)
+        # a capped JSON body with a base64 reference is ~27 MB: parse it off the event loop
+        parsed = json.loads(body) if len(body) < 65536 else await anyio.to_thread.run_sync(json.loads, body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}", code="malformed_body") from exc
     if not isinstance(parsed, dict):

@@ -4,31 +4,34 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from gateway.api.context import request_timeout, services, unless_disconnected
 from gateway.api.params import CloneParams, openapi_body, parse_params
-from gateway.api.uploads import read_json, read_multipart
+from gateway.api.uploads import is_json, read_json, read_multipart
+from gateway.engine.types import SynthesisRequest
 from gateway.errors import InvalidInput
+from gateway.services.context import Services
 from gateway.services.references import decode_base64_reference
-from gateway.services.streaming import open_stream
-from gateway.services.synthesis import CloneOutcome, clone, prepare_clone
+from gateway.services.streaming import EngineAudioResponse, open_stream, stream_limit
+from gateway.services.synthesis import CloneOutcome, ResolvedReference, prepare_clone, synthesize_clone
 
 router = APIRouter()
 
 _AUDIO_PLACEHOLDER = "\x00audio\x00"
 
 
-def _json_with_audio(meta: dict[str, Any], audio_b64: str) -> bytes:
+def _json_with_audio(meta: dict[str, Any], audio_b64: bytes) -> bytes:
     """Splice the (JSON-safe) base64 into the serialised metadata instead of re-escaping ~MBs (DESIGN §8)."""
     head, tail = json.dumps({**meta, "output_audio_base64": _AUDIO_PLACEHOLDER}).split(
         json.dumps(_AUDIO_PLACEHOLDER)
     )
-    return b"".join((head.encode(), b'"', audio_b64.encode("ascii"), b'"', tail.encode()))
+    return b"".join((head.encode(), b'"', audio_b64, b'"', tail.encode()))
 
 
 def _shape(outcome: CloneOutcome, request_id: str, text_length: int, encode_seconds: float) -> dict[str, Any]:
@@ -66,39 +69,39 @@ def _shape(outcome: CloneOutcome, request_id: str, text_length: int, encode_seco
 )
 async def voice_clone(request: Request) -> Response:
     svc = services(request)
-    limit = svc.settings.max_upload_bytes
     timeout = request_timeout(request)
-    content_type = request.headers.get("content-type", "")
-    audio: bytes | None
-    if content_type.startswith("application/json"):
-        # base64 inflates by 4/3; allow for it plus the other fields
-        fields = await read_json(request, max_bytes=limit * 4 // 3 + 1_000_000)
-        params = parse_params(CloneParams, fields)
-        b64 = params.reference_audio_base64
-        audio = decode_base64_reference(b64, limit) if b64 else None
-    else:
-        form = await read_multipart(request, max_file_bytes=limit)
-        params = parse_params(CloneParams, dict(form.fields))
-        upload = form.files.get("audio")
-        unexpected = sorted(set(form.files) - {"audio"})
-        if unexpected:
-            raise InvalidInput(f"unexpected file field '{unexpected[0]}'; send the reference as 'audio'")
-        audio = upload.data if upload is not None else None
+    started = time.perf_counter()
+    params, synthesis, reference = await _prepare(request, svc)
     if params.stream:
-        return await _stream(request, params, audio, timeout)
-    outcome = await unless_disconnected(request, clone(svc, params, audio, timeout=timeout))
-    started = anyio.current_time()
-    audio_b64 = await anyio.to_thread.run_sync(lambda: base64.b64encode(outcome.result.wav).decode("ascii"))
-    encode_seconds = anyio.current_time() - started
+        opened = await unless_disconnected(
+            request, open_stream(svc, synthesis, "wav", target_rate=None, timeout=timeout)
+        )
+        headers = {"X-Sample-Rate": str(opened.rate), "X-Reference-Id": reference.reference_id}
+        return EngineAudioResponse(opened, media_type="audio/wav", headers=headers, limit=stream_limit(svc, timeout))
+    outcome = await unless_disconnected(request, synthesize_clone(svc, synthesis, reference, started, timeout))
+    encode_started = time.perf_counter()
+    audio_b64 = await anyio.to_thread.run_sync(base64.b64encode, outcome.result.wav)
+    encode_seconds = time.perf_counter() - encode_started
     meta = _shape(outcome, request.state.request_id, len(params.text), encode_seconds)
     return Response(_json_with_audio(meta, audio_b64), media_type="application/json")
 
 
-async def _stream(request: Request, params: CloneParams, audio: bytes | None, timeout: float | None) -> Response:
-    """`stream=true`: WAV bytes as the engine produces them (metadata in headers, no JSON envelope)."""
-    svc = services(request)
+async def _prepare(request: Request, svc: Services) -> tuple[CloneParams, SynthesisRequest, ResolvedReference]:
+    """Read the body and take in the reference. The raw upload dies with this frame, so it is not held in
+    memory while the request waits in the queue (it is in the shared dir by then)."""
+    limit = svc.settings.max_upload_bytes
+    audio: bytes | None = None
+    if is_json(request):
+        # base64 inflates by 4/3; allow for it plus the other fields
+        params = parse_params(CloneParams, await read_json(request, max_bytes=limit * 4 // 3 + 1_000_000))
+    else:
+        form = await read_multipart(request, max_file_bytes=limit, file_fields=frozenset({"audio"}))
+        params = parse_params(CloneParams, dict(form.fields))
+        audio = form.files["audio"].data if "audio" in form.files else None
+    if params.reference_audio_base64:
+        if audio is not None:
+            raise InvalidInput("send the reference once, as audio or as base64", code="conflicting_reference")
+        audio = await anyio.to_thread.run_sync(decode_base64_reference, params.reference_audio_base64, limit)
+        params = params.model_copy(update={"reference_audio_base64": None})
     synthesis, reference = await prepare_clone(svc, params, audio)
-    opening = open_stream(svc, synthesis, "wav", target_rate=None, timeout=timeout)
-    rate, body = await unless_disconnected(request, opening)
-    headers = {"X-Sample-Rate": str(rate), "X-Reference-Id": reference.reference_id}
-    return StreamingResponse(body, media_type="audio/wav", headers=headers)
+    return params, synthesis, reference

@@ -41,16 +41,14 @@ class DefaultVoice(BaseModel):
 )
 async def create_voice(request: Request) -> Voice:
     svc = services(request)
-    form = await read_multipart(request, max_file_bytes=svc.settings.max_upload_bytes)
+    form = await read_multipart(request, max_file_bytes=svc.settings.max_upload_bytes, file_fields=frozenset({"audio"}))
     fields = parse_params(VoiceFields, dict(form.fields))
     upload = form.files.get("audio")
     if upload is None:
         raise InvalidInput("the reference recording is required as the 'audio' file field", code="missing_reference")
     language = check_language(svc, fields.prompt_language, "prompt_language")
     weights = resolve_weights(svc, fields.model)
-    reference, _ = await intake_reference(
-        upload.data, svc.settings, svc.metrics, trim_to_max=fields.trim_reference
-    )
+    reference, _ = await intake_reference(svc, upload.data, trim_to_max=fields.trim_reference)
     return await anyio.to_thread.run_sync(
         lambda: svc.voices.create(
             name=fields.name,

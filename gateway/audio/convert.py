@@ -6,7 +6,6 @@ PyAV's wheels bundle, so it is imported lazily and offered only when PyAV is ins
 
 from __future__ import annotations
 
-import importlib.util
 import io
 from typing import Any
 
@@ -17,14 +16,12 @@ import soxr
 from gateway.audio.wav import pcm16_wav, to_pcm16
 from gateway.errors import BadRequest
 
-_HAS_PYAV = importlib.util.find_spec("av") is not None
-
 OUTPUT_FORMATS: dict[str, str] = {
     "wav": "audio/wav",
     "mp3": "audio/mpeg",
     "opus": "audio/ogg",  # Ogg Opus
     "flac": "audio/flac",
-    **({"aac": "audio/aac"} if _HAS_PYAV else {}),  # ADTS AAC
+    "aac": "audio/aac",  # ADTS AAC, via PyAV (imported on first use: it loads the ffmpeg libraries)
     "pcm": "audio/pcm",  # raw int16 little-endian mono, no header
 }
 

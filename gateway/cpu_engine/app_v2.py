@@ -134,7 +134,11 @@ async def serve_tts(state: EngineState, request: Request, req: dict[str, Any], t
         if fault == "500":
             raise InjectedFault("injected fault: 500")
         if mode == 0:
-            return await _whole(state, req, fault)
+            state.whole_started()
+            try:
+                return await _whole(state, req, fault)
+            finally:
+                state.whole_ended()
 
         def close() -> None:
             state.lock.release()

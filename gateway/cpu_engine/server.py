@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from gateway.cpu_engine.app_v1 import create_app_v1
 from gateway.cpu_engine.app_v2 import create_app_v2
-from gateway.cpu_engine.debug import add_debug_routes
+from gateway.cpu_engine.debug import StallProbes, add_debug_routes
 from gateway.cpu_engine.faults import FAULTS, FaultController, FaultSettings, PacedSynthesizer
 from gateway.cpu_engine.state import DefaultReference, EngineState
 from gateway.languages import VERSION_SAMPLE_RATES
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--exit-after", type=int, default=None, metavar="N",
                         help="serve N synthesis requests, then crash (os._exit) on the next one")
     faults.add_argument("--debug-routes", action="store_true", help="enable GET /_stats and POST /_faults")
+    faults.add_argument("--stall-probes", action="store_true",
+                        help="v2: other routes (/openapi.json ...) wait while a mode-0 synthesis runs, like api_v2")
     return parser
 
 
@@ -87,7 +89,7 @@ def build_state(args: argparse.Namespace, synthesizer: object) -> EngineState:
     )
 
 
-def build_app(state: EngineState, *, debug_routes: bool) -> FastAPI:
+def build_app(state: EngineState, *, debug_routes: bool, stall_probes: bool = False) -> FastAPI:
     if state.flavor == "v1":
         app = create_app_v1(state, title="sovits-gateway CPU engine (api.py flavour)",
                             description=_DESCRIPTION.format(protocol="legacy api.py"))
@@ -96,6 +98,8 @@ def build_app(state: EngineState, *, debug_routes: bool) -> FastAPI:
                             description=_DESCRIPTION.format(protocol="api_v2.py"))
     if debug_routes:
         add_debug_routes(app, state)
+    if stall_probes and state.flavor == "v2":
+        app.add_middleware(StallProbes, state=state)
     return app
 
 
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     from gateway.cpu_engine.synth import Synthesizer  # loads the voice (~0.3 s): once, at start-up
 
     state = build_state(args, Synthesizer())
-    app = build_app(state, debug_routes=args.debug_routes)
+    app = build_app(state, debug_routes=args.debug_routes, stall_probes=args.stall_probes)
     log.info("CPU engine: flavour %s, model version %s, faults %s", args.flavor, state.version,
              state.faults.snapshot())
     # A short graceful-shutdown timeout: a request held by the `hang` fault never finishes by itself.

@@ -85,6 +85,12 @@ def check_reference_readable(path: Any) -> None:
         raise EngineFailure(str(exc)) from exc
 
 
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 class Ticket:
     """One request counted as in flight; `leave` is idempotent so streams can hand it around."""
 
@@ -145,6 +151,18 @@ class EngineState:
     stats: Stats = field(default_factory=Stats)
     # One request at a time: every synthesis, weight switch and reference change takes this lock.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Mode-0 syntheses running now (`--stall-probes` holds other routes back while one runs, like api_v2).
+    whole_running: int = 0
+    whole_idle: asyncio.Event = field(default_factory=_set_event)
+
+    def whole_started(self) -> None:
+        self.whole_running += 1
+        self.whole_idle.clear()
+
+    def whole_ended(self) -> None:
+        self.whole_running -= 1
+        if not self.whole_running:
+            self.whole_idle.set()
 
     @property
     def languages(self) -> tuple[str, ...]:

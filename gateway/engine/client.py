@@ -44,6 +44,8 @@ _VERSION_BY_RATE = {24000: "v3", 48000: "v4"}
 _ERROR_BODY_LIMIT = 64 * 1024
 # A streaming header longer than this without a data chunk is not a header.
 _STREAM_HEADER_LIMIT = 4096
+# Below uvicorn's 5 s keep-alive: drop an idle pooled connection before the engine closes it under us.
+_KEEPALIVE_EXPIRY = 4.0
 
 Classifier = Callable[[int, bytes, str], EngineError]
 
@@ -59,7 +61,7 @@ class VoiceCloner:
         # retries=0: httpx must not silently resend a synthesis; the pool decides where a retry goes.
         transport = httpx.AsyncHTTPTransport(
             retries=0,
-            limits=httpx.Limits(max_connections=settings.engine_concurrency + 2, keepalive_expiry=30.0),
+            limits=httpx.Limits(max_connections=settings.engine_concurrency + 2, keepalive_expiry=_KEEPALIVE_EXPIRY),
         )
         self._http = httpx.AsyncClient(
             base_url=self.url,
@@ -247,21 +249,26 @@ class VoiceCloner:
     # ------------------------------------------------------------------ streaming
 
     @asynccontextmanager
-    async def stream(self, req: SynthesisRequest, *, timeout: float) -> AsyncIterator[EngineStream]:
+    async def stream(
+        self, req: SynthesisRequest, *, timeout: float, caller_deadline: float | None = None
+    ) -> AsyncIterator[EngineStream]:
         """Open a streaming synthesis; on entry the header and the first audio bytes have arrived.
 
-        Leaving the context closes the upstream response, so the engine stops at its next chunk.
-        api.py streams only Ogg/AAC (server-wide flag), so for v1 engines this is a whole-file synthesis
-        handed on as PCM: correct, just without early audio.
+        `timeout` is the engine's budget; `caller_deadline` (loop time) the caller's wall clock, whose
+        expiry names no engine. Leaving the context closes the upstream response, so the engine stops
+        at its next chunk. api.py streams only Ogg/AAC (server-wide flag), so for v1 engines this is a
+        whole-file synthesis handed on as PCM: correct, just without early audio.
         """
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout
         try:
             async with asyncio.timeout_at(deadline):
                 flavor = await self._ensure_flavor()
         except TimeoutError:
             raise EngineTimeout(f"engine {self.url} did not answer in time", engine=self.url) from None
         if flavor == "v1":
-            result = await self.synthesize(req, timeout=deadline - asyncio.get_running_loop().time())
+            result = await self.synthesize(req, timeout=deadline - loop.time())
             yield stream_from_wav(result, deadline)
             return
         path, body, warnings, classify = self._synthesis_call(req, flavor, streaming=True)
@@ -273,17 +280,30 @@ class VoiceCloner:
             raise EngineTimeout(f"engine {self.url} did not answer within {timeout:.1f}s", engine=self.url) from None
         try:
             if response.status_code != 200:
-                raise await self._error_from(response, classify)
-            stream = await self._open_stream(response.aiter_raw(), deadline, warnings)
+                raise await self._stream_error(response, classify, deadline)
+            stream = await self._open_stream(response.aiter_raw(), deadline, warnings, caller_deadline)
+            stream.note_first_wait(loop.time() - started)
             yield stream
         finally:
             await response.aclose()
 
-    async def _open_stream(self, body: AsyncIterator[bytes], deadline: float, warnings: list[str]) -> EngineStream:
+    async def _stream_error(self, response: httpx.Response, classify: Classifier, deadline: float) -> EngineError:
+        """The error of a non-200 streaming answer; reading its body is bounded and never leaks httpx errors."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._error_from(response, classify)
+        except TimeoutError:
+            return EngineTimeout(f"engine {self.url} did not finish its error answer in time", engine=self.url)
+        except httpx.HTTPError as exc:
+            return self._transport_error(exc, responded=True)
+
+    async def _open_stream(
+        self, body: AsyncIterator[bytes], deadline: float, warnings: list[str], caller_deadline: float | None
+    ) -> EngineStream:
         """Read the streaming WAV header and at least one PCM byte: the point of no retry."""
         buffer = b""
         while True:
-            piece = await next_piece(body, deadline, self.url)
+            piece = await next_piece(body, deadline, self.url, caller_deadline)
             if piece is None:
                 raise EngineBadResponse(
                     f"engine {self.url} ended the stream before any audio ({len(buffer)} bytes)", engine=self.url
@@ -306,7 +326,10 @@ class VoiceCloner:
                 engine=self.url,
             )
         self._learn_version_from_rate(header.sample_rate)
-        return EngineStream(self.info, header.sample_rate, buffer[header.data_offset :], body, deadline, warnings)
+        pcm = buffer[header.data_offset :]
+        return EngineStream(
+            self.info, header.sample_rate, pcm, body, deadline, warnings, caller_deadline=caller_deadline
+        )
 
     # ------------------------------------------------------------------ weights
 

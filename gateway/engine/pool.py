@@ -5,12 +5,16 @@ Decisions worth knowing:
 - Slots: at most `engine_concurrency` requests per engine, and "switch weights + synthesize" happens
   inside one slot, because an engine's model and reference cache are global (engine-protocol §6).
 - Queue and selection: see selection.py (FIFO, retries at the front, least busy, affinity).
-- Deadline: min(max_request_seconds, max_queue_wait + read_timeout + read_timeout_per_char × len(text)),
-  shortened by the caller's timeout; each attempt gets the time that remains.
+- Deadlines: each attempt gets a fair engine budget, min(max_request_seconds, read_timeout +
+  read_timeout_per_char × len(text)), never shortened by the client; only running out of it counts
+  against the engine. The caller's deadline (that budget + max_queue_wait, shortened by its timeout)
+  only decides when the caller gets its 504: a short client timeout must not take a healthy engine out.
 - Cancellation (client gone): a queued waiter leaves the queue at once. A non-streaming call runs in its
   own task and keeps its slot until the engine really answers (bounded by the deadline): the engine
   finishes the job anyway, and sending it another request meanwhile would put two in flight. A stream
-  releases its slot when its context exits: closing the response stops the engine at the next chunk.
+  left early closes its response (the engine stops at its next chunk) and keeps the slot a short grace.
+- Capabilities: an engine whose model cannot take the request's languages, or an api.py engine for a
+  reference-free request, is never a candidate (selection.capability_filter).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any, TypeVar
 
@@ -27,15 +31,19 @@ from tenacity.stop import stop_base
 
 from gateway.engine.client import VoiceCloner
 from gateway.engine.health import EngineState
-from gateway.engine.selection import SlotQueue
+from gateway.engine.probing import Prober
+from gateway.engine.selection import SlotQueue, capability_filter, no_capable_engine_message
 from gateway.engine.stream import EngineStream
 from gateway.engine.types import SynthesisRequest, SynthesisResult
-from gateway.errors import EngineError, EngineTimeout, EngineUnavailable
+from gateway.errors import EngineError, EngineRejected, EngineTimeout, EngineUnavailable
 from gateway.languages import languages_for_version
 from gateway.metrics import Metrics
 from gateway.settings import ModelWeights, Settings
 
 T = TypeVar("T")
+
+#: Slot grace for a stream abandoned before its first audio (no chunk timing known yet).
+_OPEN_ABANDON_GRACE = 1.0
 
 log = logging.getLogger("gateway.engine.pool")
 
@@ -50,9 +58,13 @@ class _DeadlineSpent(stop_base):
         return time.monotonic() >= self.deadline
 
 
-def _worth_retrying(exc: BaseException) -> bool:
-    # Pool-level refusals (queue full, queue timeout, no engine) carry no engine: they are final.
-    return isinstance(exc, EngineError) and exc.retryable and exc.engine is not None
+def _outcome(error: BaseException | None) -> str:
+    """Metric label: ok, the engine error's code, cancelled (caller gone), or error (a bug of ours)."""
+    if error is None:
+        return "ok"
+    if isinstance(error, EngineError):
+        return error.code
+    return "cancelled" if isinstance(error, asyncio.CancelledError) else "error"
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -66,10 +78,10 @@ class EnginePool:
         self._settings = settings
         self._metrics = metrics
         self._engines: list[EngineState] = []
-        # The list is filled by start(); the slot queue sees the same list object.
+        # The list is filled by start(); the slot queue and the prober see the same list object.
         self._slots = SlotQueue(settings, self._engines, metrics)
+        self._prober = Prober(self._engines, settings.probe_interval, self._engine_changed)
         self._probe_task: asyncio.Task[None] | None = None
-        self._probe_kick = asyncio.Event()
         self._cooldown_timers: dict[str, asyncio.TimerHandle] = {}
         self._running_calls: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -82,8 +94,8 @@ class EnginePool:
             EngineState(VoiceCloner(url, self._settings), self._settings.engine_concurrency)
             for url in self._settings.engines
         )
-        await asyncio.gather(*(self._probe(engine, first_contact=True) for engine in self._engines))
-        self._probe_task = asyncio.create_task(self._probe_loop(), name="engine-probe-loop")
+        await self._prober.probe_all_first()
+        self._probe_task = asyncio.create_task(self._prober.loop(), name="engine-probe-loop")
 
     async def close(self) -> None:
         self._closed = True
@@ -112,12 +124,14 @@ class EnginePool:
 
     @asynccontextmanager
     async def stream(self, req: SynthesisRequest, *, timeout: float | None = None) -> AsyncIterator[EngineStream]:
-        """Like synthesize, but retries only until the first audio byte; the slot is held until exit."""
+        """Like synthesize, but retries only until the first audio byte; the slot is held until exit
+        (and, for a stream left early, a short drain after it: see `_drain_and_release`)."""
         deadline = self._deadline(req, timeout)
         (engine, (stack, stream)), attempts, queue_wait = await self._with_failover(
             req, deadline, lambda engine: self._open_stream(engine, req, deadline)
         )
         stream.attempts, stream.queue_wait = attempts, queue_wait
+        opened = time.monotonic()
         error: BaseException | None = None
         try:
             yield stream
@@ -125,11 +139,15 @@ class EnginePool:
             error = exc
             raise
         finally:
-            try:
-                await stack.aclose()
-            finally:
-                # A consumer's own error or cancellation says nothing about the engine (recorded as neutral).
-                self._finish(engine, stream.error or error, None)
+            if stream.finished or (stream.error is not None and stream.error.engine is not None):
+                try:
+                    await stack.aclose()
+                finally:
+                    seconds = time.monotonic() - opened if stream.finished else None
+                    self._finish(engine, stream.error, seconds)
+            else:  # left early (consumer gone or failed, caller's deadline): nothing about the engine
+                outcome = _outcome(stream.error or error) if (stream.error or error) else "cancelled"
+                self._detach(self._drain_and_release(engine, stack, stream.stop_grace(), outcome))
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -144,46 +162,63 @@ class EnginePool:
         }
 
     def supported_languages(self) -> frozenset[str] | None:
-        versions = {engine.client.info.version for engine in self._engines if engine.client.info.version}
-        if not versions:
+        """The union over the engines' versions (the gateway's up-front 422). None (no up-front check) when
+        any engine's version is unknown (e.g. api.py): selection treats such an engine as able to serve."""
+        versions = [engine.client.info.version for engine in self._engines]
+        known = {version for version in versions if version}
+        if not known or len(known) < len(set(versions)):
             return None
-        return frozenset(code for version in versions for code in languages_for_version(version))
+        return frozenset(code for version in known for code in languages_for_version(version))
 
     # ------------------------------------------------------------------ deadlines and retries
 
     def _deadline(self, req: SynthesisRequest, timeout: float | None) -> float:
+        """The caller's deadline: when it gets its 504. It never shortens an engine call (`_fair_budget`)."""
         s = self._settings
-        budget = min(s.max_request_seconds, s.max_queue_wait + s.read_timeout + s.read_timeout_per_char * len(req.text))
+        budget = min(s.max_request_seconds, s.max_queue_wait + self._fair_budget(req))
         if timeout is not None:
             budget = min(budget, timeout)
         if budget <= 0:
             raise EngineTimeout("the request's deadline had already passed")
         return time.monotonic() + budget
 
-    @staticmethod
-    def _time_left(deadline: float) -> float:
-        """Seconds left for an engine call; a deadline spent in the queue is not the engine's fault, so the
-        timeout raised here names no engine (and health bookkeeping ignores it)."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise EngineTimeout("the request's deadline passed before the engine could be called")
-        return left
+    def _fair_budget(self, req: SynthesisRequest) -> float:
+        """Seconds one attempt may take on the engine; only running out of these counts against it."""
+        s = self._settings
+        return min(s.max_request_seconds, s.read_timeout + s.read_timeout_per_char * len(req.text))
 
     async def _with_failover(
         self, req: SynthesisRequest, deadline: float, call: Callable[[EngineState], Awaitable[T]]
     ) -> tuple[tuple[EngineState, T], int, float]:
         """The one retry loop: take a slot (another engine after a retryable failure), run `call` in it.
 
-        Returns ((engine, call's result), attempts, seconds spent queueing).
+        A retry needs an untried healthy engine: repeating the one that just failed at once helps nobody,
+        so without one the last engine error is final. Returns ((engine, result), attempts, queue seconds).
         """
+        fits = capability_filter(req)
+        if not any(fits(engine) for engine in self._engines):
+            raise EngineRejected(no_capable_engine_message(req, self._engines), code="no_capable_engine")
         tried: set[str] = set()
         attempts, queue_wait = 0, 0.0
+
+        def worth_retrying(exc: BaseException) -> bool:
+            # Pool-level refusals (queue full, queue timeout, no engine) carry no engine: they are final.
+            if not (isinstance(exc, EngineError) and exc.retryable and exc.engine is not None):
+                return False
+            return self._slots.has_untried(fits, frozenset(tried), time.monotonic())
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._settings.max_attempts) | _DeadlineSpent(deadline),
+            retry=retry_if_exception(worth_retrying),
+            wait=wait_none(),
+            reraise=True,
+        )
         try:
-            async for attempt in self._retrying(deadline):
+            async for attempt in retrying:
                 with attempt:
                     attempts += 1
                     engine, waited = await self._slots.acquire(
-                        req.weights, frozenset(tried), deadline, retry=attempts > 1
+                        req.weights, frozenset(tried), deadline, retry=attempts > 1, fits=fits
                     )
                     queue_wait += waited
                     try:
@@ -203,25 +238,26 @@ class EnginePool:
             exc.retry_after = max(1.0, self._slots.estimated_wait(1))
         exc.extra.setdefault("attempts", attempts)
 
-    def _retrying(self, deadline: float) -> AsyncRetrying:
-        return AsyncRetrying(
-            stop=stop_after_attempt(self._settings.max_attempts) | _DeadlineSpent(deadline),
-            retry=retry_if_exception(_worth_retrying),
-            wait=wait_none(),
-            reraise=True,
-        )
-
     # ------------------------------------------------------------------ one attempt inside a slot
 
     async def _call_detached(self, engine: EngineState, req: SynthesisRequest, deadline: float) -> SynthesisResult:
-        """Run the engine call in its own task: if our caller is cancelled, the call (and its slot) lives on
-        until the engine answers, because the engine keeps working on it anyway."""
-        task = asyncio.create_task(self._call_in_slot(engine, req, deadline))
+        """Run the engine call in its own task with its fair budget. If our caller is cancelled or its
+        deadline passes first, the call (and its slot) lives on until the engine answers, because the
+        engine keeps working on it anyway; the caller's 504 names no engine, so health is untouched."""
+        attempt_deadline = time.monotonic() + self._fair_budget(req)
+        task = asyncio.create_task(self._call_in_slot(engine, req, attempt_deadline))
         self._running_calls.add(task)
         task.add_done_callback(self._running_calls.discard)
         task.add_done_callback(_retrieve)
         try:
-            return await asyncio.shield(task)
+            async with asyncio.timeout_at(deadline):  # loop time is time.monotonic()
+                return await asyncio.shield(task)
+        except TimeoutError:
+            if task.done() and not task.cancelled():
+                return task.result()
+            raise EngineTimeout(
+                f"the request's deadline passed while engine {engine.url} was still working on it"
+            ) from None
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and current is not None and not current.cancelling():
@@ -234,7 +270,7 @@ class EnginePool:
         error: BaseException | None = None
         try:
             await self._ensure_weights(engine, req.weights, deadline)
-            return await engine.client.synthesize(req, timeout=self._time_left(deadline))
+            return await engine.client.synthesize(req, timeout=deadline - time.monotonic())
         except BaseException as exc:
             error = exc
             raise
@@ -244,36 +280,64 @@ class EnginePool:
     async def _open_stream(
         self, engine: EngineState, req: SynthesisRequest, deadline: float
     ) -> tuple[AsyncExitStack, EngineStream]:
+        """Open a stream with the engine's fair budget; the caller's deadline only bounds the wall time."""
         stack = AsyncExitStack()
+        attempt_deadline = time.monotonic() + self._fair_budget(req)
         try:
-            await self._ensure_weights(engine, req.weights, deadline)
-            stream = await stack.enter_async_context(engine.client.stream(req, timeout=self._time_left(deadline)))
+            await self._ensure_weights(engine, req.weights, attempt_deadline)
+            opening = engine.client.stream(
+                req, timeout=attempt_deadline - time.monotonic(), caller_deadline=deadline
+            )
+            stream = await stack.enter_async_context(opening)
         except BaseException as exc:
-            try:
-                await stack.aclose()
-            finally:
-                self._finish(engine, exc, None)
+            if isinstance(exc, EngineError) and exc.engine is not None:  # the engine's answer ended it
+                try:
+                    await stack.aclose()
+                finally:
+                    self._finish(engine, exc, None)
+            else:  # caller gone or its deadline passed while the engine works: same as leaving early
+                self._detach(self._drain_and_release(engine, stack, _OPEN_ABANDON_GRACE, _outcome(exc)))
             raise
         return stack, stream
+
+    async def _drain_and_release(
+        self, engine: EngineState, stack: AsyncExitStack, grace: float, outcome: str
+    ) -> None:
+        """A stream left early: close the upstream response, then keep the slot a short while, because
+        the engine only stops at its next chunk; a queued request must not land on it before that."""
+        try:
+            await stack.aclose()
+            await asyncio.sleep(grace)
+        finally:
+            self._finish(engine, None, None, outcome=outcome)
+
+    def _detach(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run slot-holding work that outlives its caller; close() cancels it (and so frees the slot)."""
+        task = asyncio.create_task(work)
+        self._running_calls.add(task)
+        task.add_done_callback(self._running_calls.discard)
+        task.add_done_callback(_retrieve)
 
     async def _ensure_weights(self, engine: EngineState, wanted: ModelWeights | None, deadline: float) -> None:
         if wanted is None or engine.matches(wanted):
             return
         engine.weights_known = False  # until the switch has fully succeeded
-        await engine.client.load_weights(wanted, timeout=self._time_left(deadline))
+        await engine.client.load_weights(wanted, timeout=deadline - time.monotonic())
         engine.switched_to(wanted)
 
-    def _finish(self, engine: EngineState, error: BaseException | None, seconds: float | None) -> None:
-        """Release the slot and apply the outcome to the engine's health."""
-        cooldown = engine.record(error, self._settings, time.monotonic())
+    def _finish(
+        self, engine: EngineState, error: BaseException | None, seconds: float | None, outcome: str | None = None
+    ) -> None:
+        """Release the slot and apply the outcome to the engine's health (`seconds`: a success's engine time).
+        An explicit `outcome` marks a neutral end (stream left early): no health change either way."""
+        cooldown = engine.record(error, self._settings, time.monotonic()) if outcome is None else None
         if cooldown is not None:
             log.warning("engine %s cools down for %.1fs after: %s", engine.url, cooldown, error)
             self._schedule_cooldown_end(engine, cooldown)
         if error is None and seconds is not None:
             self._slots.record_engine_seconds(seconds)
         if self._metrics is not None:
-            outcome = "ok" if error is None else error.code if isinstance(error, EngineError) else "cancelled"
-            self._metrics.engine_attempts.labels(engine=engine.url, outcome=outcome).inc()
+            self._metrics.engine_attempts.labels(engine=engine.url, outcome=outcome or _outcome(error)).inc()
             if seconds is not None:
                 self._metrics.engine_seconds.labels(engine=engine.url).observe(seconds)
         self._publish(engine)
@@ -290,59 +354,10 @@ class EnginePool:
 
     def _cooldown_over(self, engine: EngineState) -> None:
         self._cooldown_timers.pop(engine.url, None)
-        self._probe_kick.set()  # a down engine is probed as soon as its cooldown ends
-        self._publish(engine)
-        self._slots.dispatch()
+        self._prober.kick.set()  # a down engine is probed as soon as its cooldown ends
+        self._engine_changed(engine)
 
-    async def _probe_loop(self) -> None:
-        interval = self._settings.probe_interval
-        while True:
-            with suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._probe_kick.wait()
-            self._probe_kick.clear()
-            now = time.monotonic()
-            due = [engine for engine in self._engines if self._probe_due(engine, now, interval)]
-            try:
-                await asyncio.gather(*(self._probe(engine) for engine in due))
-            except Exception:  # the loop must outlive any bug in one probe
-                log.exception("engine probe failed unexpectedly")
-
-    @staticmethod
-    def _probe_due(engine: EngineState, now: float, interval: float) -> bool:
-        # Never probe an engine with a request of ours in flight: api_v2 answers nothing while it works.
-        if engine.in_flight or engine.probing:
-            return False
-        cooled_and_unchecked = (
-            engine.down and engine.cooldown_until <= now and engine.last_probe < engine.cooldown_until
-        )
-        return cooled_and_unchecked or now - engine.last_probe >= 0.9 * interval
-
-    async def _probe(self, engine: EngineState, *, first_contact: bool = False) -> None:
-        """Probe an idle engine; the engine takes no request meanwhile (`probing` holds it)."""
-        engine.probing = True
-        client = engine.client
-        try:
-            healthy = await client.is_available()
-            if healthy and engine.down:
-                await client.detect_flavor()  # it may have come back as another server
-                if client.info.flavor == "v2":
-                    await client.probe_version()
-            elif healthy and client.info.flavor == "v2" and client.info.version is None:
-                await client.probe_version()
-        except EngineError as exc:
-            log.info("engine %s probe failed: %s", engine.url, exc)
-            healthy = False
-        finally:
-            engine.probing = False
-            engine.last_probe = time.monotonic()
-        if healthy and engine.down:
-            engine.recovered(first_contact=first_contact)
-            log.info("engine %s is up (%s, version %s)", engine.url, client.info.flavor, client.info.version)
-        elif not healthy:
-            if not engine.down:
-                log.warning("engine %s stopped answering probes; out of selection until it answers", engine.url)
-            engine.probe_failed("does not answer GET /openapi.json; is the engine process running?")
+    def _engine_changed(self, engine: EngineState) -> None:
         self._publish(engine)
         self._slots.dispatch()
 
@@ -352,4 +367,3 @@ class EnginePool:
         if self._metrics is not None:
             up = engine.selectable(time.monotonic())
             self._metrics.engine_up.labels(engine=engine.url).set(1 if up else 0)
-            self._metrics.engine_in_flight.labels(engine=engine.url).set(engine.in_flight)

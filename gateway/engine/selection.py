@@ -2,6 +2,7 @@
 
 - Strict FIFO among waiters that a free engine can serve; a retry goes to the *front* (it has already
   waited its turn) and is not counted against `max_queue`.
+- Capabilities: only engines that can serve the request's languages / reference-free mode are candidates.
 - Selection: healthy engines not yet tried by this request (a tried one only when every healthy engine
   has been tried), then matching weights, then least busy, then fewest recent failures, then round-robin.
   A request whose weights match a *busy* engine does not wait for it: it takes a free engine and switches
@@ -15,12 +16,14 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 
 from gateway.engine.health import EngineState
+from gateway.engine.types import SynthesisRequest
 from gateway.errors import EngineUnavailable, QueueFull
+from gateway.languages import languages_for_version
 from gateway.metrics import Metrics
 from gateway.settings import ModelWeights, Settings
 
@@ -29,12 +32,43 @@ _EWMA_ALPHA = 0.2
 _INITIAL_ENGINE_SECONDS = 2.0
 
 
+Fits = Callable[[EngineState], bool]
+
+
+def _any_engine(engine: EngineState) -> bool:
+    return True
+
+
+def capability_filter(req: SynthesisRequest) -> Fits:
+    """Which engines can serve `req`: a known model version must accept both languages, and a
+    reference-free request (empty prompt text) needs api_v2 (api.py cannot do without a prompt)."""
+    languages = {req.text_language, req.prompt_language}
+
+    def fits(engine: EngineState) -> bool:
+        info = engine.client.info
+        if not req.prompt_text and info.flavor == "v1":
+            return False
+        return info.version is None or languages <= set(languages_for_version(info.version))
+
+    return fits
+
+
+def no_capable_engine_message(req: SynthesisRequest, engines: Sequence[EngineState]) -> str:
+    known = ", ".join(f"{e.url} ({e.client.info.flavor}, {e.client.info.version or '?'})" for e in engines)
+    need = "reference-free synthesis (api_v2 only), " if not req.prompt_text else ""
+    return (
+        f"no engine can serve this request: it needs {need}text language {req.text_language!r} and prompt "
+        f"language {req.prompt_language!r}; engines: {known}"
+    )
+
+
 @dataclass(eq=False)
 class _Waiter:
     weights: ModelWeights | None
     tried: frozenset[str]
     give_up_at: float
     future: asyncio.Future[EngineState]
+    fits: Fits = _any_engine
 
 
 class SlotQueue:
@@ -57,8 +91,18 @@ class SlotQueue:
         previous = self._engine_seconds_ewma
         self._engine_seconds_ewma = seconds if previous is None else previous + _EWMA_ALPHA * (seconds - previous)
 
+    def has_untried(self, fits: Fits, tried: frozenset[str], now: float) -> bool:
+        """Is a healthy engine left that can serve the request and has not failed it yet?"""
+        return any(e.selectable(now) and fits(e) and e.url not in tried for e in self._engines)
+
     async def acquire(
-        self, weights: ModelWeights | None, tried: frozenset[str], deadline: float, *, retry: bool
+        self,
+        weights: ModelWeights | None,
+        tried: frozenset[str],
+        deadline: float,
+        *,
+        retry: bool,
+        fits: Fits = _any_engine,
     ) -> tuple[EngineState, float]:
         """Take a slot now or wait in the queue; returns the engine and the seconds waited.
 
@@ -68,9 +112,9 @@ class SlotQueue:
         if self.closed:
             raise EngineUnavailable("the engine pool is closed")
         now = time.monotonic()
-        if not any(engine.selectable(now) for engine in self._engines):
+        if not any(engine.selectable(now) and fits(engine) for engine in self._engines):
             raise self.no_engine_error(now)
-        if not self._waiters and (engine := self._pick(weights, tried, now)) is not None:
+        if not self._waiters and (engine := self._pick(weights, tried, now, fits)) is not None:
             self._take(engine)
             self._observe_wait(0.0)
             return engine, 0.0
@@ -80,7 +124,7 @@ class SlotQueue:
                 retry_after=self.estimated_wait(len(self._waiters) + 1),
             )
         budget = max(0.0, min(self._settings.max_queue_wait, deadline - now))
-        waiter = _Waiter(weights, tried, now + budget, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(weights, tried, now + budget, asyncio.get_running_loop().create_future(), fits)
         if retry:
             self._waiters.appendleft(waiter)
         else:
@@ -121,7 +165,7 @@ class SlotQueue:
             if waiter.future.done():
                 self._waiters.remove(waiter)
                 continue
-            engine = self._pick(waiter.weights, waiter.tried, now)
+            engine = self._pick(waiter.weights, waiter.tried, now, waiter.fits)
             if engine is not None:
                 self._waiters.remove(waiter)
                 self._take(engine)
@@ -181,8 +225,10 @@ class SlotQueue:
                 self._waiters.remove(waiter)
                 waiter.future.set_exception(self.no_engine_error(now))
 
-    def _pick(self, weights: ModelWeights | None, tried: frozenset[str], now: float) -> EngineState | None:
-        healthy = [engine for engine in self._engines if engine.selectable(now)]
+    def _pick(
+        self, weights: ModelWeights | None, tried: frozenset[str], now: float, fits: Fits = _any_engine
+    ) -> EngineState | None:
+        healthy = [engine for engine in self._engines if engine.selectable(now) and fits(engine)]
         untried = [engine for engine in healthy if engine.url not in tried]
         candidates = [engine for engine in (untried or healthy) if engine.has_free_slot(now)]
         if not candidates:

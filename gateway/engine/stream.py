@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
+import numpy as np
 
 from gateway.audio.wav import parse_wav
 from gateway.engine.types import EngineInfo, SynthesisResult
@@ -13,6 +14,9 @@ from gateway.errors import EngineBadResponse, EngineError, EngineTimeout
 
 # v1 "streams" arrive as one WAV at the end; hand the PCM on in slices of this size.
 _V1_STREAM_SLICE = 64 * 1024
+# How long a stream left early keeps its slot: ~1.5 × the engine's longest wait for a chunk, within these.
+_STOP_GRACE_MIN = 0.25
+_STOP_GRACE_MAX = 2.0
 
 
 class EngineStream:
@@ -21,6 +25,10 @@ class EngineStream:
     `chunks()` yields raw int16 LE mono PCM as it arrives, cut on 2-byte boundaries so no sample is
     ever split between chunks. An abort mid-body raises EngineBadResponse; passing the deadline raises
     EngineTimeout. `error` / `finished` let the owner (the pool) learn how the stream ended.
+
+    Two clocks: `deadline` is the engine's budget and is pushed back by the time the consumer spends
+    between chunks (a slow reader is not a slow engine); `caller_deadline` is the caller's wall clock,
+    and passing it raises an EngineTimeout that names no engine, so the engine's health is untouched.
     """
 
     def __init__(
@@ -31,6 +39,9 @@ class EngineStream:
         body: AsyncIterator[bytes],
         deadline: float,
         warnings: list[str] | None = None,
+        *,
+        caller_deadline: float | None = None,
+        live: bool = True,
     ) -> None:
         self.engine = engine
         self.sample_rate = sample_rate
@@ -42,16 +53,36 @@ class EngineStream:
         self._pending = first_pcm
         self._body = body
         self._deadline = deadline
+        self._caller_deadline = caller_deadline
+        self._longest_wait = 0.0
+        self._live = live  # False: the engine already finished (a v1 whole file handed on in slices)
+
+    def note_first_wait(self, seconds: float) -> None:
+        """The time to the first audio: the first measure of how long the engine takes per chunk."""
+        self._longest_wait = max(self._longest_wait, seconds)
+
+    def stop_grace(self) -> float:
+        """Seconds a stream left early keeps its slot: about the time the engine needs to reach its next
+        chunk, where it notices the closed connection and stops; bounded by the engine's deadline."""
+        if not self._live:
+            return 0.0
+        grace = min(_STOP_GRACE_MAX, max(_STOP_GRACE_MIN, 1.5 * self._longest_wait))
+        return max(0.0, min(grace, self._deadline - asyncio.get_running_loop().time()))
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
         carry, self._pending = self._pending, b""
         try:
             while True:
                 usable = len(carry) - len(carry) % 2
                 if usable:
+                    handed = loop.time()
                     yield carry[:usable]
+                    self._deadline += loop.time() - handed  # the consumer's time is not the engine's
                     carry = carry[usable:]
-                piece = await next_piece(self._body, self._deadline, self.engine.url)
+                asked = loop.time()
+                piece = await next_piece(self._body, self._deadline, self.engine.url, self._caller_deadline)
+                self._longest_wait = max(self._longest_wait, loop.time() - asked)
                 if piece is None:
                     break
                 carry += piece
@@ -61,27 +92,47 @@ class EngineStream:
             raise
 
 
-async def next_piece(body: AsyncIterator[bytes], deadline: float, url: str) -> bytes | None:
-    """One network read of a streaming body within the deadline; None at the end of the body."""
-    remaining = deadline - asyncio.get_running_loop().time()
+async def next_piece(
+    body: AsyncIterator[bytes], deadline: float, url: str, caller_deadline: float | None = None
+) -> bytes | None:
+    """One network read of a streaming body within the deadlines (loop time); None at the end of the body.
+
+    Only the engine's own `deadline` running out is the engine's fault; the caller's names no engine.
+    """
+    callers_first = caller_deadline is not None and caller_deadline < deadline
+    limit = caller_deadline if callers_first and caller_deadline is not None else deadline
+    remaining = limit - asyncio.get_running_loop().time()
     try:
         if remaining <= 0:
             raise TimeoutError
         async with asyncio.timeout(remaining):
             return await anext(body, None)
     except (TimeoutError, httpx.TimeoutException):
+        if callers_first:
+            raise EngineTimeout(f"the request's deadline passed while engine {url} was streaming") from None
         raise EngineTimeout(f"engine {url} did not finish the stream before the deadline", engine=url) from None
     except httpx.HTTPError as exc:
         raise EngineBadResponse(f"engine {url} aborted the stream: {exc}", engine=url) from exc
 
 
 def stream_from_wav(result: SynthesisResult, deadline: float) -> EngineStream:
-    """Present a finished v1 WAV as an EngineStream (the PCM is handed on in slices)."""
+    """Present a finished v1 WAV as an EngineStream (the PCM is handed on in slices, always int16:
+    api.py started with `-st int32` writes 32-bit PCM, and stream consumers expect 16-bit)."""
     info = parse_wav(result.wav)
     pcm = result.wav[info.data_offset : info.data_offset + info.data_size]
+    if info.bits_per_sample == 32:
+        pcm = pcm_32_to_16(pcm)
 
     async def slices() -> AsyncIterator[bytes]:
         for start in range(_V1_STREAM_SLICE, len(pcm), _V1_STREAM_SLICE):
             yield pcm[start : start + _V1_STREAM_SLICE]
 
-    return EngineStream(result.engine, result.sample_rate, pcm[:_V1_STREAM_SLICE], slices(), deadline, result.warnings)
+    return EngineStream(
+        result.engine, result.sample_rate, pcm[:_V1_STREAM_SLICE], slices(), deadline, result.warnings, live=False
+    )
+
+
+def pcm_32_to_16(pcm: bytes) -> bytes:
+    """int32 LE PCM → int16 LE PCM (keep the top 16 bits; a trailing partial sample is dropped)."""
+    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 4], dtype="<i4")
+    return (samples >> 16).astype("<i2").tobytes()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anyio
+
 from gateway.engine.pool import EnginePool
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -16,3 +18,5 @@ class Services:
     metrics: Metrics
     pool: EnginePool
     voices: VoiceStore
+    #: bounds concurrent reference decodes (CPU and memory heavy) whatever the request concurrency
+    intake_limiter: anyio.CapacityLimiter

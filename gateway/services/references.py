@@ -10,13 +10,16 @@ import anyio
 
 from gateway.audio.intake import PreparedReference, prepare_reference, store_reference
 from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge
-from gateway.metrics import Metrics
-from gateway.settings import Settings
+from gateway.services.context import Services
 
 
 def decode_base64_reference(value: str, max_bytes: int) -> bytes:
     """Decode `reference_audio_base64` (plain or a data: URL) without exceeding the upload cap."""
-    payload = value.split(",", 1)[1] if value.startswith("data:") else value
+    payload = value
+    if value.startswith("data:"):
+        _, comma, payload = value.partition(",")
+        if not comma:
+            raise InvalidInput("reference_audio_base64 is a data: URL without data", code="invalid_base64")
     if len(payload) * 3 // 4 > max_bytes:
         raise PayloadTooLarge(f"reference audio is larger than the {max_bytes} byte limit", limit_bytes=max_bytes)
     try:
@@ -25,10 +28,15 @@ def decode_base64_reference(value: str, max_bytes: int) -> bytes:
         raise InvalidInput("reference_audio_base64 is not valid base64", code="invalid_base64") from exc
 
 
+#: Longest recording decoded at all (a long one may be trimmed to the window on request); longer → 413.
+MAX_DECODE_SECONDS = 60.0
+
+
 async def intake_reference(
-    data: bytes, settings: Settings, metrics: Metrics, *, trim_to_max: bool = False
+    services: Services, data: bytes, *, trim_to_max: bool = False
 ) -> tuple[PreparedReference, Path]:
     """Check and normalise a reference, then store it content-addressed in the shared dir."""
+    settings, metrics = services.settings, services.metrics
 
     def work() -> tuple[PreparedReference, Path, bool]:
         ref = prepare_reference(
@@ -36,12 +44,13 @@ async def intake_reference(
             min_seconds=settings.min_reference_seconds,
             max_seconds=settings.max_reference_seconds,
             trim_to_max=trim_to_max,
+            max_decode_seconds=MAX_DECODE_SECONDS,
         )
         existed = (settings.refs_dir / f"{ref.sha256}.wav").exists()
         return ref, store_reference(ref, settings.refs_dir), existed
 
     try:
-        ref, path, existed = await anyio.to_thread.run_sync(work)
+        ref, path, existed = await anyio.to_thread.run_sync(work, limiter=services.intake_limiter)
     except GatewayError as err:
         metrics.references.labels(outcome=err.code).inc()
         raise

@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from gateway.api.params import CloneParams, EngineKnobs
+import anyio
+
 from gateway.engine.types import SynthesisRequest, SynthesisResult
 from gateway.errors import InvalidInput
 from gateway.languages import V2_LANGUAGES, normalize_language
 from gateway.services.context import Services
+from gateway.services.params import CloneParams, EngineKnobs
 from gateway.services.references import intake_reference
 from gateway.settings import ModelWeights
+from gateway.voices.store import Voice
 
 
 @dataclass
@@ -51,8 +54,9 @@ def check_language(services: Services, value: str, field_name: str) -> str:
 
 
 def check_text(services: Services, text: str) -> str:
-    if not text.strip():
-        raise InvalidInput("text is empty", code="empty_text")
+    """Refuse text with nothing to speak up front: the engine would answer its silence placeholder."""
+    if not any(ch.isalnum() for ch in text):
+        raise InvalidInput("text has nothing to speak (it is empty or only punctuation)", code="empty_text")
     limit = services.settings.max_text_chars
     if len(text) > limit:
         raise InvalidInput(
@@ -71,20 +75,29 @@ def resolve_weights(services: Services, name: str | None) -> ModelWeights | None
     return models[name]
 
 
+async def find_voice(services: Services, id_or_name: str | None) -> Voice | None:
+    """A named voice (404 when unknown), else the library's default voice (None when unset); off the loop."""
+    store = services.voices
+    if id_or_name:
+        return await anyio.to_thread.run_sync(store.resolve, id_or_name)
+    return await anyio.to_thread.run_sync(store.default)
+
+
 async def resolve_reference(
     services: Services,
     *,
     audio: bytes | None,
-    voice_id: str | None,
+    voice: Voice | None,
     prompt_text: str,
     prompt_language: str | None,
     trim: bool = False,
+    how_to_send: str = "upload a reference recording or name a voice",
 ) -> ResolvedReference:
-    """An uploaded reference wins, then a named voice, then the library's default voice."""
+    """An uploaded reference, else the given voice (callers pass the default voice when none was named)."""
     started = time.perf_counter()
     settings = services.settings
     if audio is not None:
-        ref, path = await intake_reference(audio, settings, services.metrics, trim_to_max=trim)
+        ref, path = await intake_reference(services, audio, trim_to_max=trim)
         return ResolvedReference(
             engine_path=settings.to_engine_path(path),
             reference_id=ref.sha256,
@@ -93,11 +106,9 @@ async def resolve_reference(
             warnings=list(ref.warnings),
             prep_seconds=time.perf_counter() - started,
         )
-    voice = services.voices.resolve(voice_id) if voice_id else services.voices.default()
     if voice is None:
         raise InvalidInput(
-            "no reference: upload 'audio' (or 'reference_audio_base64'), name a 'voice_id', "
-            "or set a default voice",
+            f"no reference: {how_to_send}, or set a default voice (PUT /v1/voices/default)",
             code="missing_reference",
         )
     return ResolvedReference(
@@ -120,12 +131,11 @@ def build_request(
     knobs: EngineKnobs,
     streaming: bool = False,
 ) -> SynthesisRequest:
-    """Map validated client fields onto the engine-agnostic request."""
-    text_code = check_language(services, text_language, "text_language")
+    """Map client fields onto the engine-agnostic request; `text` and `text_language` are already checked."""
     prompt_code = check_language(services, reference.prompt_language or text_language, "prompt_language")
     return SynthesisRequest(
-        text=check_text(services, text),
-        text_language=text_code,
+        text=text,
+        text_language=text_language,
         reference_path=reference.engine_path,
         prompt_text=reference.prompt_text,
         prompt_language=prompt_code,
@@ -149,33 +159,34 @@ async def prepare_clone(
     services: Services, params: CloneParams, audio: bytes | None
 ) -> tuple[SynthesisRequest, ResolvedReference]:
     """Validate, take in the reference and build the engine request (shared by JSON and streaming answers)."""
-    check_text(services, params.text)  # fail fast, before any reference work
-    check_language(services, params.text_language, "text_language")
+    if audio is not None and params.voice_id:
+        raise InvalidInput("send either a reference recording or 'voice_id', not both", code="conflicting_reference")
+    text = check_text(services, params.text)  # fail fast, before any reference work
+    text_language = check_language(services, params.text_language, "text_language")
+    voice = None if audio is not None else await find_voice(services, params.voice_id)
     reference = await resolve_reference(
         services,
         audio=audio,
-        voice_id=params.voice_id,
+        voice=voice,
         prompt_text=params.prompt_text,
         prompt_language=params.prompt_language,
         trim=params.trim_reference,
+        how_to_send="upload 'audio' (or 'reference_audio_base64') or name a 'voice_id'",
     )
     request = build_request(
-        services,
-        text=params.text,
-        text_language=params.text_language,
-        reference=reference,
-        knobs=params,
-        streaming=params.stream,
+        services, text=text, text_language=text_language, reference=reference, knobs=params, streaming=params.stream
     )
     return request, reference
 
 
-async def clone(
-    services: Services, params: CloneParams, audio: bytes | None, *, timeout: float | None
+async def synthesize_clone(
+    services: Services,
+    request: SynthesisRequest,
+    reference: ResolvedReference,
+    started: float,
+    timeout: float | None,
 ) -> CloneOutcome:
-    """`POST /v1/voice-clone`: reference intake, then one pooled engine call."""
-    started = time.perf_counter()
-    request, reference = await prepare_clone(services, params, audio)
+    """`POST /v1/voice-clone` after intake: one pooled engine call (queue, failover, checks)."""
     result = await services.pool.synthesize(request, timeout=timeout)
     services.metrics.audio_seconds.inc(result.duration)
     return CloneOutcome(result, reference, request.text_language, time.perf_counter() - started)
