@@ -22,3 +22,9 @@ def engine_v2() -> Iterator[EngineProcess]:
 def reference(tmp_path: Path) -> Path:
     """A 5 s speech-like mono 32 kHz WAV (median F0 120 Hz) inside the 3-10 s window."""
     return make_reference(tmp_path / "reference.wav", seconds=5.0)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (marked anyio) run on asyncio, like the gateway under uvicorn."""
+    return "asyncio"

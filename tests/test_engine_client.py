@@ -40,11 +40,6 @@ pytestmark = pytest.mark.anyio
 TEXT = "Hello there, this is a short test of the voice cloning engine."
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def settings_for(*urls: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"engines": list(urls), "connect_timeout": 1.0, "read_timeout": 20.0}
     values.update(overrides)

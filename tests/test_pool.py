@@ -35,11 +35,6 @@ pytestmark = pytest.mark.anyio
 DELAY = "0.3"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_reference(tmp_path_factory.mktemp("refs") / "ref.wav", seconds=4.0)
