@@ -111,8 +111,9 @@ def engine_states(pool: EnginePool) -> dict[str, str]:
 
 async def test_start_reports_engines_and_languages(clean: list[EngineProcess]) -> None:
     async with started_pool(clean) as pool:
+        await wait_for(lambda: pool.status()["free_slots"] == 3)  # a probe may hold an engine for a moment
         status = pool.status()
-        assert status["ready"] and status["free_slots"] == 3 and status["queue_depth"] == 0
+        assert status["ready"] and status["queue_depth"] == 0
         assert {(e["flavor"], e["version"], e["state"]) for e in status["engines"]} == {("v2", "v2", "ready")}
         languages = pool.supported_languages()
         assert languages is not None and {"en", "ko", "yue"} <= languages
@@ -267,7 +268,7 @@ async def test_cancelled_waiter_leaves_the_queue(clean: list[EngineProcess], ref
             await queued
         assert pool.status()["queue_depth"] == 0
         assert (await running).frames > 0
-        assert pool.status()["free_slots"] == 1
+        await wait_for(lambda: pool.status()["free_slots"] == 1)
     after = (await engine_stats_async(clean[0].url))["requests"]
     assert after - before == 1, "the cancelled request reached the engine"
 
@@ -359,6 +360,8 @@ async def test_stream_abandoned_mid_body_in_another_task_releases_the_engine(
         # queued follow-up must not reach the engine while it is still finishing the abandoned stream.
         follow_up = await pool.synthesize(request(ref))
         assert follow_up.frames > 0 and follow_up.queue_wait > 0
-        assert pool.status()["engines"][0]["in_flight"] == 0 and pool.status()["free_slots"] == 1
+        assert pool.status()["engines"][0]["in_flight"] == 0
+        # free again (a probe of the now idle engine may hold it for a moment, so wait rather than assert at once)
+        await wait_for(lambda: pool.status()["free_slots"] == 1)
         await wait_for(lambda: in_flight_equals(engine, 0))
     assert (await engine_stats_async(engine.url))["max_in_flight"] == 1
