@@ -28,3 +28,9 @@ def reference(tmp_path: Path) -> Path:
 def anyio_backend() -> str:
     """Async tests (marked anyio) run on asyncio, like the gateway under uvicorn."""
     return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4 s reference per test module (used by the pool tests)."""
+    return make_reference(tmp_path_factory.mktemp("refs") / "ref.wav", seconds=4.0)

@@ -24,7 +24,6 @@ from gateway.settings import ModelWeights, Settings
 from tests.support import (
     EngineProcess,
     engine_stats_async,
-    make_reference,
     running_engine,
     set_engine_faults,
     wait_until_async,
@@ -33,11 +32,6 @@ from tests.support import (
 pytestmark = pytest.mark.anyio
 
 DELAY = "0.3"
-
-
-@pytest.fixture(scope="module")
-def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_reference(tmp_path_factory.mktemp("refs") / "ref.wav", seconds=4.0)
 
 
 @pytest.fixture(scope="module")

@@ -26,18 +26,12 @@ from gateway.settings import Settings
 from tests.support import (
     EngineProcess,
     engine_stats_async,
-    make_reference,
     running_engine,
     set_engine_faults,
     wait_until_async,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_reference(tmp_path_factory.mktemp("refs") / "ref.wav", seconds=4.0)
 
 
 @pytest.fixture(scope="module")

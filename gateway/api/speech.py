@@ -118,7 +118,7 @@ async def _prepare(request: Request, svc: Services) -> tuple[SpeechParams, Synth
     )
     knobs = params.model_copy(update={"model": params.model if params.model in svc.settings.models else None})
     synthesis = build_request(
-        svc, text=text, text_language=text_language, reference=reference, knobs=knobs, streaming=params.stream
+        svc, text=text, text_language=text_language, reference=reference, knobs=knobs
     )
     return params, synthesis, reference
 

@@ -33,7 +33,6 @@ class SynthesisRequest:
     sample_steps: int | None = None
     aux_reference_paths: tuple[str, ...] = ()
     weights: ModelWeights | None = None
-    streaming: bool = False
 
 
 @dataclass(frozen=True)

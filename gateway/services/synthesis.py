@@ -129,7 +129,6 @@ def build_request(
     text_language: str,
     reference: ResolvedReference,
     knobs: EngineKnobs,
-    streaming: bool = False,
 ) -> SynthesisRequest:
     """Map client fields onto the engine-agnostic request; `text` and `text_language` are already checked."""
     prompt_code = check_language(services, reference.prompt_language or text_language, "prompt_language")
@@ -151,7 +150,6 @@ def build_request(
         fragment_interval=knobs.fragment_interval,
         sample_steps=knobs.sample_steps,
         weights=resolve_weights(services, knobs.model) or reference.weights,
-        streaming=streaming,
     )
 
 
@@ -174,7 +172,7 @@ async def prepare_clone(
         how_to_send="upload 'audio' (or 'reference_audio_base64') or name a 'voice_id'",
     )
     request = build_request(
-        services, text=text, text_language=text_language, reference=reference, knobs=params, streaming=params.stream
+        services, text=text, text_language=text_language, reference=reference, knobs=params
     )
     return request, reference
 
