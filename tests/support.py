@@ -17,8 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,11 @@ from typing import Any
 import httpx
 import numpy as np
 import soundfile as sf
+
+from gateway.engine.pool import EnginePool
+from gateway.engine.types import SynthesisRequest
+from gateway.metrics import Metrics
+from gateway.settings import Settings
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -264,3 +269,54 @@ async def wait_until_async(condition: Callable[[], Any], timeout: float = 20.0, 
             return
         assert time.monotonic() < deadline, f"condition not reached within {timeout} s"
         await asyncio.sleep(interval)
+
+
+# ---------------------------------------------------------------------- pool and gateway helpers
+
+POOL_TEXT = "A short sentence for the pool."
+
+
+def synthesis_request(ref: Path, text: str = POOL_TEXT, **fields: Any) -> SynthesisRequest:
+    """A pool request with an English prompt for the reference at `ref` (fields override anything)."""
+    values: dict[str, Any] = {"text": text, "text_language": "en", "reference_path": str(ref),
+                              "prompt_text": "The reference words.", "prompt_language": "en", **fields}
+    return SynthesisRequest(**values)
+
+
+def pool_settings(engines: Sequence[EngineProcess | str], **overrides: Any) -> Settings:
+    """Settings for pool tests: short probe interval and cooldowns, no per-character read timeout."""
+    values: dict[str, Any] = {
+        "engines": [engine if isinstance(engine, str) else engine.url for engine in engines],
+        "connect_timeout": 1.0,
+        "read_timeout": 20.0,
+        "read_timeout_per_char": 0.0,
+        "max_queue_wait": 30.0,
+        "probe_interval": 0.2,
+        "cooldown_seconds": 0.5,
+        "cooldown_max_seconds": 2.0,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@asynccontextmanager
+async def started_pool(
+    engines: Sequence[EngineProcess | str], metrics: Metrics | None = None, **overrides: Any
+) -> AsyncIterator[EnginePool]:
+    """A started EnginePool over `engines` (processes or URLs), closed afterwards."""
+    pool = EnginePool(pool_settings(engines, **overrides), metrics)
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def assert_error(response: httpx.Response, status: int, code: str, *, contains: str = "") -> dict[str, Any]:
+    """The one error envelope: status, code, a message containing `contains`, the request id echoed."""
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == code, error
+    assert contains.lower() in error["message"].lower(), error
+    assert error["request_id"] == response.headers["x-request-id"]
+    return error

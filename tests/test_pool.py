@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,17 @@ import anyio
 import pytest
 
 from gateway.engine.pool import EnginePool
-from gateway.engine.types import SynthesisRequest, SynthesisResult
+from gateway.engine.types import SynthesisResult
 from gateway.errors import EngineTimeout, EngineUnavailable, QueueFull
 from gateway.metrics import Metrics
-from gateway.settings import ModelWeights, Settings
+from gateway.settings import ModelWeights
 from tests.support import (
     EngineProcess,
     engine_stats_async,
     running_engine,
     set_engine_faults,
+    started_pool,
+    synthesis_request,
     wait_until_async,
 )
 
@@ -46,44 +48,6 @@ def clean(engines: list[EngineProcess]) -> Iterator[list[EngineProcess]]:
     yield engines
     for engine in engines:
         set_engine_faults(engine.url, fault=None, delay=float(DELAY), fault_after=0)
-
-
-def request(ref: Path, text: str = "A short sentence for the pool.", **fields: Any) -> SynthesisRequest:
-    return SynthesisRequest(
-        text=text,
-        text_language="en",
-        reference_path=str(ref),
-        prompt_text="The reference words.",
-        prompt_language="en",
-        **fields,
-    )
-
-
-def settings_for(engines: list[EngineProcess], **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "engines": [engine.url for engine in engines],
-        "connect_timeout": 1.0,
-        "read_timeout": 20.0,
-        "read_timeout_per_char": 0.0,
-        "max_queue_wait": 30.0,
-        "probe_interval": 0.2,
-        "cooldown_seconds": 0.5,
-        "cooldown_max_seconds": 2.0,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-@asynccontextmanager
-async def started_pool(
-    engines: list[EngineProcess], metrics: Metrics | None = None, **overrides: Any
-) -> AsyncIterator[EnginePool]:
-    pool = EnginePool(settings_for(engines, **overrides), metrics)
-    await pool.start()
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def wait_for(condition: Any, seconds: float = 15.0) -> None:
@@ -116,7 +80,7 @@ async def test_start_reports_engines_and_languages(clean: list[EngineProcess]) -
 async def test_burst_never_puts_two_requests_on_one_engine(clean: list[EngineProcess], ref: Path) -> None:
     async with started_pool(clean) as pool:
         before = [(await engine_stats_async(engine.url))["requests"] for engine in clean]  # after start's probes
-        results = await asyncio.gather(*(pool.synthesize(request(ref)) for _ in range(12)))
+        results = await asyncio.gather(*(pool.synthesize(synthesis_request(ref)) for _ in range(12)))
     after = [await engine_stats_async(engine.url) for engine in clean]
     assert all(engine["max_in_flight"] == 1 for engine in after)
     served = {engine.url: after[i]["requests"] - before[i] for i, engine in enumerate(clean)}
@@ -133,7 +97,7 @@ async def test_retryable_fault_fails_over_to_another_engine(fault: str, clean: l
     await asyncio.to_thread(set_engine_faults, clean[0].url, fault=fault)
     metrics = Metrics()
     async with started_pool(clean[:2], metrics) as pool:  # round-robin starts with the first engine
-        result = await pool.synthesize(request(ref))
+        result = await pool.synthesize(synthesis_request(ref))
         assert result.attempts == 2 and result.engine.url == clean[1].url
         assert pool.status()["engines"][0]["consecutive_failures"] == 1
     code = "engine_bad_response" if fault == "500" else "engine_silence"
@@ -150,14 +114,14 @@ async def test_retry_waits_for_an_untried_engine_while_newcomers_use_the_free_on
     await asyncio.to_thread(set_engine_faults, busy.url, delay=6.0)  # ≫ the newcomer, even on a loaded CPU
     await asyncio.to_thread(set_engine_faults, flaky.url, fault="500")
     async with started_pool([busy, flaky], probe_interval=60.0) as pool:  # no probe nudges the queue
-        first = asyncio.create_task(pool.synthesize(request(ref)))  # round-robin: the busy engine
+        first = asyncio.create_task(pool.synthesize(synthesis_request(ref)))  # round-robin: the busy engine
         await wait_for(lambda: pool.status()["engines"][0]["in_flight"] == 1)
-        second = asyncio.create_task(pool.synthesize(request(ref)))  # fails on flaky, then waits for busy
+        second = asyncio.create_task(pool.synthesize(synthesis_request(ref)))  # fails on flaky, then waits for busy
         await wait_for(lambda: pool.status()["engines"][1]["consecutive_failures"] == 1)
         assert pool.status()["queue_depth"] == 1
         await asyncio.to_thread(set_engine_faults, flaky.url, fault=None)
         # The waiting retry must not block a newcomer that the free engine can serve (FIFO among the servable).
-        third = await pool.synthesize(request(ref))
+        third = await pool.synthesize(synthesis_request(ref))
         assert third.engine.url == flaky.url and third.attempts == 1
         assert not first.done(), "the newcomer waited for the busy engine"
         retried = await second
@@ -169,7 +133,7 @@ async def test_killed_engine_during_burst_loses_no_request(ref: Path) -> None:
     with ExitStack() as stack:
         group = [stack.enter_context(running_engine("--debug-routes", "--delay", DELAY)) for _ in range(3)]
         async with started_pool(group) as pool:
-            tasks = [asyncio.create_task(pool.synthesize(request(ref))) for _ in range(18)]
+            tasks = [asyncio.create_task(pool.synthesize(synthesis_request(ref))) for _ in range(18)]
             await wait_for(lambda: in_flight_equals(group[0], 1))
             group[0].kill()
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
@@ -188,16 +152,16 @@ async def test_restarted_engine_returns_via_the_probe(ref: Path) -> None:
         async with started_pool([engine]) as pool:
             engine.kill()
             with pytest.raises(EngineUnavailable) as refused:
-                await pool.synthesize(request(ref))
+                await pool.synthesize(synthesis_request(ref))
             assert refused.value.retryable
             assert engine_states(pool)[engine.url] in ("cooling_down", "down")
             with pytest.raises(EngineUnavailable) as no_engine:  # nothing healthy: 503 at once, with a hint
-                await pool.synthesize(request(ref))
+                await pool.synthesize(synthesis_request(ref))
             assert no_engine.value.retry_after is not None and no_engine.value.retry_after >= 1
             await asyncio.to_thread(engine.restart)
             await wait_for(lambda: engine_states(pool)[engine.url] == "ready")
             assert pool.status()["engines"][0]["consecutive_failures"] == 0
-            result = await pool.synthesize(request(ref))
+            result = await pool.synthesize(synthesis_request(ref))
             assert result.engine.url == engine.url and result.frames > 0
 
 
@@ -210,7 +174,7 @@ async def test_hung_engine_times_out_and_cools_down(ref: Path) -> None:
         async with started_pool([engine], read_timeout=1.0, cooldown_seconds=5.0, cooldown_max_seconds=5.0) as pool:
             started = time.monotonic()
             with pytest.raises(EngineTimeout) as timed_out:
-                await pool.synthesize(request(ref))
+                await pool.synthesize(synthesis_request(ref))
             assert timed_out.value.engine == engine.url
             assert time.monotonic() - started < 5.0, "the deadline was not enforced"
             status = pool.status()
@@ -218,14 +182,14 @@ async def test_hung_engine_times_out_and_cools_down(ref: Path) -> None:
             assert entry["state"] == "cooling_down" and entry["cooldown_remaining"] > 0
             assert entry["in_flight"] == 0 and not status["ready"]
             with pytest.raises(EngineUnavailable) as refused:
-                await pool.synthesize(request(ref))
+                await pool.synthesize(synthesis_request(ref))
             assert refused.value.retry_after is not None and refused.value.retry_after >= 1
 
 
 async def test_queue_overflow_is_429_with_retry_after(clean: list[EngineProcess], ref: Path) -> None:
     await asyncio.to_thread(set_engine_faults, clean[0].url, delay=1.0)
     async with started_pool(clean[:1], max_queue=2) as pool:
-        tasks = [asyncio.create_task(pool.synthesize(request(ref))) for _ in range(5)]
+        tasks = [asyncio.create_task(pool.synthesize(synthesis_request(ref))) for _ in range(5)]
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     refused = [outcome for outcome in outcomes if isinstance(outcome, QueueFull)]
     served = [outcome for outcome in outcomes if isinstance(outcome, SynthesisResult)]
@@ -237,10 +201,10 @@ async def test_queue_overflow_is_429_with_retry_after(clean: list[EngineProcess]
 async def test_queue_wait_limit_is_503_queue_timeout(clean: list[EngineProcess], ref: Path) -> None:
     await asyncio.to_thread(set_engine_faults, clean[0].url, delay=2.0)
     async with started_pool(clean[:1], max_queue_wait=0.5) as pool:
-        first = asyncio.create_task(pool.synthesize(request(ref)))
+        first = asyncio.create_task(pool.synthesize(synthesis_request(ref)))
         await wait_for(lambda: pool.status()["free_slots"] == 0)
         with pytest.raises(EngineUnavailable) as caught:
-            await pool.synthesize(request(ref))
+            await pool.synthesize(synthesis_request(ref))
         assert caught.value.code == "queue_timeout" and caught.value.retry_after
         assert pool.status()["queue_depth"] == 0
         assert (await first).frames > 0
@@ -253,9 +217,9 @@ async def test_cancelled_waiter_leaves_the_queue(clean: list[EngineProcess], ref
     await asyncio.to_thread(set_engine_faults, clean[0].url, delay=1.0)
     async with started_pool(clean[:1]) as pool:
         before = (await engine_stats_async(clean[0].url))["requests"]
-        running = asyncio.create_task(pool.synthesize(request(ref)))
+        running = asyncio.create_task(pool.synthesize(synthesis_request(ref)))
         await wait_for(lambda: pool.status()["free_slots"] == 0)
-        queued = asyncio.create_task(pool.synthesize(request(ref)))
+        queued = asyncio.create_task(pool.synthesize(synthesis_request(ref)))
         await wait_for(lambda: pool.status()["queue_depth"] == 1)
         queued.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -270,13 +234,13 @@ async def test_cancelled_waiter_leaves_the_queue(clean: list[EngineProcess], ref
 async def test_cancelled_call_keeps_its_slot_until_the_engine_is_done(clean: list[EngineProcess], ref: Path) -> None:
     await asyncio.to_thread(set_engine_faults, clean[0].url, delay=1.0)
     async with started_pool(clean[:1]) as pool:
-        abandoned = asyncio.create_task(pool.synthesize(request(ref)))
+        abandoned = asyncio.create_task(pool.synthesize(synthesis_request(ref)))
         await wait_for(lambda: in_flight_equals(clean[0], 1))
         abandoned.cancel()
         with pytest.raises(asyncio.CancelledError):
             await abandoned
         assert pool.status()["engines"][0]["in_flight"] == 1, "slot released while the engine still works"
-        follow_up = await pool.synthesize(request(ref))  # waits for the abandoned call, then runs
+        follow_up = await pool.synthesize(synthesis_request(ref))  # waits for the abandoned call, then runs
         assert follow_up.frames > 0 and follow_up.queue_wait > 0
         assert pool.status()["engines"][0]["in_flight"] == 0
     assert (await engine_stats_async(clean[0].url))["max_in_flight"] == 1
@@ -288,7 +252,7 @@ async def test_cancelled_call_keeps_its_slot_until_the_engine_is_done(clean: lis
 async def test_stream_fails_over_before_the_first_byte(clean: list[EngineProcess], ref: Path) -> None:
     await asyncio.to_thread(set_engine_faults, clean[0].url, fault="silence")
     async with started_pool(clean[:2]) as pool:
-        async with pool.stream(request(ref)) as stream:
+        async with pool.stream(synthesis_request(ref)) as stream:
             assert stream.engine.url == clean[1].url and stream.attempts == 2
             assert pool.status()["engines"][1]["in_flight"] == 1  # the slot is held while we stream
             pcm = b"".join([chunk async for chunk in stream.chunks()])
@@ -312,13 +276,14 @@ async def test_affinity_avoids_needless_weight_switches(clean: list[EngineProces
     async with started_pool(pair, probe_interval=60.0) as pool:
         for _ in range(2):  # concurrent pairs
             a, b = await asyncio.gather(
-                pool.synthesize(request(ref, weights=voices["a"])), pool.synthesize(request(ref, weights=voices["b"]))
+                pool.synthesize(synthesis_request(ref, weights=voices["a"])),
+                pool.synthesize(synthesis_request(ref, weights=voices["b"])),
             )
             served["a"].add(a.engine.url)
             served["b"].add(b.engine.url)
         for name in "aabbab":  # sequential: plain round-robin would switch on most of these
-            served[name].add((await pool.synthesize(request(ref, weights=voices[name]))).engine.url)
-        plain = await pool.synthesize(request(ref))  # no weights: happy anywhere, no switch
+            served[name].add((await pool.synthesize(synthesis_request(ref, weights=voices[name]))).engine.url)
+        plain = await pool.synthesize(synthesis_request(ref))  # no weights: happy anywhere, no switch
         assert plain.frames > 0
         loaded = {entry["url"]: entry["loaded_weights"] for entry in pool.status()["engines"]}
     switches = sum([(await engine_stats_async(e.url))["set_weights_calls"] for e in pair]) - before
@@ -336,7 +301,7 @@ async def test_stream_abandoned_mid_body_in_another_task_releases_the_engine(
     text = " ".join(f"Sentence {n} of a long text that keeps the engine streaming for a while." for n in range(10))
     async with started_pool([engine]) as pool:
         stack = AsyncExitStack()
-        stream = await stack.enter_async_context(pool.stream(request(ref, text=text)))
+        stream = await stack.enter_async_context(pool.stream(synthesis_request(ref, text=text)))
         first_chunk = asyncio.Event()
 
         async def drain() -> None:
@@ -352,7 +317,7 @@ async def test_stream_abandoned_mid_body_in_another_task_releases_the_engine(
             group.cancel_scope.cancel()
         # The slot is kept for a short drain (the engine stops only at its next chunk), then freed; the
         # queued follow-up must not reach the engine while it is still finishing the abandoned stream.
-        follow_up = await pool.synthesize(request(ref))
+        follow_up = await pool.synthesize(synthesis_request(ref))
         assert follow_up.frames > 0 and follow_up.queue_wait > 0
         assert pool.status()["engines"][0]["in_flight"] == 0
         # free again (a probe of the now idle engine may hold it for a moment, so wait rather than assert at once)

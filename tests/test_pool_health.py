@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,14 @@ import httpx
 import pytest
 
 from gateway.engine.pool import EnginePool
-from gateway.engine.types import SynthesisRequest
 from gateway.errors import EngineBadResponse, EngineRejected, EngineTimeout
-from gateway.settings import Settings
 from tests.support import (
     EngineProcess,
     engine_stats_async,
     running_engine,
     set_engine_faults,
+    started_pool,
+    synthesis_request,
     wait_until_async,
 )
 
@@ -47,27 +47,6 @@ def clean(engine: EngineProcess) -> Iterator[EngineProcess]:
     set_engine_faults(engine.url, fault=None, delay=0.0, fault_after=0)
 
 
-def request(ref: Path, text: str = "A short sentence for the pool.", **fields: Any) -> SynthesisRequest:
-    values: dict[str, Any] = {"prompt_text": "The reference words.", "prompt_language": "en", **fields}
-    return SynthesisRequest(text=text, text_language=values.pop("text_language", "en"), reference_path=str(ref),
-                            **values)
-
-
-@asynccontextmanager
-async def started_pool(urls: list[str], **overrides: Any) -> AsyncIterator[EnginePool]:
-    values: dict[str, Any] = {
-        "engines": urls, "connect_timeout": 1.0, "read_timeout": 20.0, "read_timeout_per_char": 0.0,
-        "max_queue_wait": 30.0, "probe_interval": 0.2, "cooldown_seconds": 0.5, "cooldown_max_seconds": 2.0,
-    }
-    values.update(overrides)
-    pool = EnginePool(Settings(_env_file=None, **values))  # type: ignore[call-arg]
-    await pool.start()
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
 def state_of(pool: EnginePool, index: int = 0) -> dict[str, Any]:
     entry: dict[str, Any] = pool.status()["engines"][index]
     return entry
@@ -77,12 +56,12 @@ async def test_short_client_deadline_keeps_the_engine_in_rotation(clean: EngineP
     await asyncio.to_thread(set_engine_faults, clean.url, delay=2.0)
     async with started_pool([clean.url]) as pool:
         with pytest.raises(EngineTimeout) as caught:
-            await pool.synthesize(request(ref), timeout=0.5)
+            await pool.synthesize(synthesis_request(ref), timeout=0.5)
         assert caught.value.status == 504 and caught.value.engine is None  # the caller's deadline, not the engine's
         entry = state_of(pool)
         assert entry["state"] == "busy" and entry["in_flight"] == 1, "the detached call must keep the slot"
         assert entry["consecutive_failures"] == 0
-        follow_up = await pool.synthesize(request(ref))  # queues behind the detached call, then runs
+        follow_up = await pool.synthesize(synthesis_request(ref))  # queues behind the detached call, then runs
         assert follow_up.frames > 0 and follow_up.queue_wait > 0
         assert state_of(pool)["state"] == "ready"
     assert (await engine_stats_async(clean.url))["max_in_flight"] == 1
@@ -91,7 +70,7 @@ async def test_short_client_deadline_keeps_the_engine_in_rotation(clean: EngineP
 async def test_slow_stream_consumer_does_not_mark_the_engine_down(clean: EngineProcess, ref: Path) -> None:
     text = " ".join(f"Sentence {n} of a text that streams in several chunks." for n in range(4))
     async with started_pool([clean.url], read_timeout=3.0) as pool:
-        async with pool.stream(request(ref, text=text)) as stream:
+        async with pool.stream(synthesis_request(ref, text=text)) as stream:
             pieces = []
             async for chunk in stream.chunks():
                 if not pieces:
@@ -107,7 +86,7 @@ async def test_no_instant_retry_on_the_engine_that_just_failed(clean: EngineProc
     async with started_pool([clean.url], cooldown_after_failures=1, max_attempts=3) as pool:
         before = (await engine_stats_async(clean.url))["requests"]
         with pytest.raises(EngineBadResponse) as caught:
-            await pool.synthesize(request(ref))
+            await pool.synthesize(synthesis_request(ref))
         assert caught.value.code == "engine_silence" and caught.value.status == 502  # not 503 "no engine"
         assert caught.value.extra["attempts"] == 1
         assert (await engine_stats_async(clean.url))["requests"] - before == 1
@@ -116,7 +95,7 @@ async def test_no_instant_retry_on_the_engine_that_just_failed(clean: EngineProc
 async def test_stall_probes_flag_holds_openapi_during_a_whole_file_synthesis(clean: EngineProcess, ref: Path) -> None:
     await asyncio.to_thread(set_engine_faults, clean.url, delay=1.5)
     async with started_pool([clean.url]) as pool, httpx.AsyncClient(timeout=10) as client:
-        job = asyncio.create_task(pool.synthesize(request(ref)))
+        job = asyncio.create_task(pool.synthesize(synthesis_request(ref)))
         await wait_until_async(lambda: state_of(pool)["in_flight"] == 1)
         await asyncio.sleep(0.3)  # the engine is inside the synthesis now
         started = time.monotonic()
@@ -142,7 +121,7 @@ async def test_probes_under_load_never_mark_an_engine_down(ref: Path) -> None:
             watcher = asyncio.create_task(watch())
             try:
                 for _ in range(3):
-                    results = await asyncio.gather(*(pool.synthesize(request(ref)) for _ in range(6)))
+                    results = await asyncio.gather(*(pool.synthesize(synthesis_request(ref)) for _ in range(6)))
                     assert all(result.attempts == 1 for result in results)
                     await asyncio.sleep(0.07)  # let probes and new requests race for idle engines
             finally:
@@ -154,11 +133,12 @@ async def test_probes_under_load_never_mark_an_engine_down(ref: Path) -> None:
 async def test_mixed_pool_routes_by_capability(ref: Path) -> None:
     with running_engine("--model-version", "v1") as v1_model, running_engine(flavor="v1") as legacy:
         async with started_pool([v1_model.url, legacy.url]) as pool:
-            korean = [await pool.synthesize(request(ref, text="안녕하세요", text_language="ko")) for _ in range(3)]
+            korean_request = synthesis_request(ref, text="안녕하세요", text_language="ko")
+            korean = [await pool.synthesize(korean_request) for _ in range(3)]
             assert {result.engine.url for result in korean} == {legacy.url}, "a v1 model cannot speak Korean"
-            reference_free = [await pool.synthesize(request(ref, prompt_text="")) for _ in range(3)]
+            reference_free = [await pool.synthesize(synthesis_request(ref, prompt_text="")) for _ in range(3)]
             assert {result.engine.url for result in reference_free} == {v1_model.url}, "api.py needs a prompt"
             with pytest.raises(EngineRejected) as caught:
-                await pool.synthesize(request(ref, text="안녕하세요", text_language="ko", prompt_text=""))
+                await pool.synthesize(synthesis_request(ref, text="안녕하세요", text_language="ko", prompt_text=""))
             assert caught.value.status == 422 and "no engine can serve" in caught.value.message
             assert pool.supported_languages() is None  # api.py's version is unknown: no up-front refusal

@@ -15,8 +15,7 @@ import soundfile as sf
 
 from gateway.audio.wav import parse_streaming_header
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
-from tests.support import assert_speech, make_reference, running_engine, wait_until
-from tests.test_voice_clone import assert_error
+from tests.support import assert_error, assert_speech, make_reference, running_engine, wait_until
 
 INPUT = "Streaming speech arrives while the engine is still talking. Then a second sentence follows."
 

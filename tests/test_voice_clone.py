@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
-from tests.support import assert_speech, decode_wav, make_reference, running_engine
+from tests.support import assert_error, assert_speech, decode_wav, make_reference, running_engine
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 
@@ -36,15 +36,6 @@ def clone(url: str, audio: bytes | None, **fields: str) -> httpx.Response:
     data = {"text": TEXT, "text_language": "en", "prompt_text": "", "prompt_language": "en", **fields}
     files = {"audio": ("ref.wav", audio, "audio/wav")} if audio is not None else None
     return httpx.post(f"{url}/v1/voice-clone", data=data, files=files, timeout=60)
-
-
-def assert_error(response: httpx.Response, status: int, code: str, *, contains: str = "") -> dict[str, object]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code, error
-    assert contains.lower() in error["message"].lower(), error
-    assert error["request_id"] == response.headers["x-request-id"]
-    return error  # type: ignore[no-any-return]
 
 
 def test_clone_returns_speech_with_metadata(gateway: GatewayServer, reference: bytes) -> None:

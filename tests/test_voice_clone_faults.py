@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from tests.gateway_support import fast_settings, gateway_process, running_gateway
-from tests.support import make_reference, running_engine, wait_until
-from tests.test_voice_clone import TEXT, assert_error, clone
+from tests.support import assert_error, make_reference, running_engine, wait_until
+from tests.test_voice_clone import TEXT, clone
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
-from tests.support import EngineProcess, assert_speech, decode_wav, make_reference, running_engine
-from tests.test_voice_clone import assert_error
+from tests.support import EngineProcess, assert_error, assert_speech, decode_wav, make_reference, running_engine
 
 
 @pytest.fixture(scope="module")
