@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     cooldown_seconds: float = Field(5.0, gt=0)
     cooldown_max_seconds: float = Field(60.0, gt=0)
     probe_interval: float = Field(5.0, gt=0)
-    models: dict[str, ModelWeights] = Field(default_factory=dict)
+    # NoDecode: the validator below parses the JSON, so an empty GATEWAY_MODELS= means "none", not a crash
+    models: Annotated[dict[str, ModelWeights], NoDecode] = Field(default_factory=dict)
 
     # --- storage
     shared_dir: Path = Path("var/shared")
@@ -69,7 +70,9 @@ class Settings(BaseSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value: Any) -> Any:
-        return json.loads(value) if isinstance(value, str) and value.strip() else (value or {})
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value or {}
 
     @property
     def engine_dir(self) -> Path:

@@ -48,6 +48,7 @@ class _FormBuilder:
         self.max_file_bytes = max_file_bytes
         self.file_fields = file_fields
         self._parts = 0
+        self._field_bytes = 0
         self._headers: dict[bytes, bytes] = {}
         self._header_field = b""
         self._header_value = b""
@@ -95,6 +96,11 @@ class _FormBuilder:
             )
         if not self._is_file and len(self._buffer) > MAX_FIELD_BYTES:
             raise PayloadTooLarge(f"field '{self._name}' is larger than {MAX_FIELD_BYTES} bytes")
+        if not self._is_file:
+            # without this, 64 parts each just under the per-field cap would hold 16 MiB of text
+            self._field_bytes += end - start
+            if self._field_bytes > MAX_FIELDS_TOTAL_BYTES:
+                raise PayloadTooLarge(f"the text fields together are larger than {MAX_FIELDS_TOTAL_BYTES} bytes")
 
     def on_part_end(self) -> None:
         if self._is_file:

@@ -1,0 +1,257 @@
+"""Request limits through the HTTP API: form parts and field caps, body caps, audio length, text length,
+the reference window, and `/readyz` when the shared dir cannot be written.
+
+One CPU engine subprocess and one gateway on a real socket for the module, started with tight limits so
+every cap can be hit on both sides of its edge (just inside: the request gets past the cap and fails on a
+later, cheaper check; just over: the cap answers).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.api.uploads import MAX_FIELD_BYTES, MAX_FIELDS_TOTAL_BYTES, MAX_PARTS
+from gateway.services.references import MAX_DECODE_SECONDS
+from tests.gateway_support import GatewayServer, fast_settings, running_gateway
+from tests.support import assert_error, make_reference, running_engine, wait_until
+
+TEXT = "The quick brown fox jumps over the lazy dog."
+MAX_UPLOAD = 4_000_000
+JSON_CAP = MAX_UPLOAD * 4 // 3 + 1_000_000  # what voice_clone allows a JSON body (base64 + other fields)
+MAX_TEXT = 200
+MIN_REF, MAX_REF = 4.0, 6.0
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+    shared = tmp_path_factory.mktemp("shared")
+    with running_engine(flavor="v2") as engine, running_gateway(
+        fast_settings(shared, [engine.url], max_upload_bytes=MAX_UPLOAD, max_text_chars=MAX_TEXT,
+                      min_reference_seconds=MIN_REF, max_reference_seconds=MAX_REF)
+    ) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("refs")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def multipart(parts: list[tuple[str, bytes, str | None]], boundary: str = "LimitsBoundary") -> tuple[bytes, str]:
+    """A raw multipart/form-data body from (name, value, filename-or-None) parts, and its Content-Type.
+
+    Built by hand so a test controls exactly how many parts there are and what repeats.
+    """
+    body = bytearray()
+    for name, value, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n".encode()
+        body += b"Content-Type: audio/wav\r\n" if filename else b""
+        body += b"\r\n" + value + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return bytes(body), f"multipart/form-data; boundary={boundary}"
+
+
+def post_multipart(url: str, parts: list[tuple[str, bytes, str | None]]) -> httpx.Response:
+    body, content_type = multipart(parts)
+    return httpx.post(f"{url}/v1/voice-clone", content=body, headers={"Content-Type": content_type}, timeout=60)
+
+
+def chunked(body: bytes, size: int = 1 << 16) -> Iterator[bytes]:
+    """The body as a generator: httpx then sends it chunked, without a Content-Length to refuse up front."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+def clone(url: str, audio: bytes | None, **fields: str) -> httpx.Response:
+    data = {"text": TEXT, "text_language": "en", "prompt_language": "en", **fields}
+    files = {"audio": ("ref.wav", audio, "audio/wav")} if audio is not None else None
+    return httpx.post(f"{url}/v1/voice-clone", data=data, files=files, timeout=120)
+
+
+def text_fields(count: int, size: int = 1) -> list[tuple[str, bytes, str | None]]:
+    """`count` parts all named "text" (the last one wins), each `size` bytes: parts without extra fields."""
+    return [("text", b"a" * size, None)] * count
+
+
+# ------------------------------------------------------------------------------------------ multipart
+
+
+def test_form_with_more_than_64_parts_is_413(gateway: GatewayServer) -> None:
+    assert MAX_PARTS == 64
+    # 64 parts get through the parser: the request then fails on the missing reference
+    assert_error(post_multipart(gateway.url, text_fields(MAX_PARTS)), 422, "missing_reference")
+    response = post_multipart(gateway.url, text_fields(MAX_PARTS + 1))
+    assert_error(response, 413, "payload_too_large", contains="form has more than 64 parts")
+
+
+def test_text_field_over_its_cap_is_413(gateway: GatewayServer) -> None:
+    at_cap = post_multipart(gateway.url, [("text", b"a" * MAX_FIELD_BYTES, None)])
+    assert_error(at_cap, 422, "text_too_long", contains=f"text is {MAX_FIELD_BYTES} characters")
+    over = post_multipart(gateway.url, [("text", b"a" * (MAX_FIELD_BYTES + 1), None)])
+    assert_error(over, 413, "payload_too_large", contains=f"field 'text' is larger than {MAX_FIELD_BYTES} bytes")
+    prompt = post_multipart(gateway.url, [("text", b"hi", None), ("prompt_text", b"p" * (MAX_FIELD_BYTES + 1), None)])
+    assert_error(prompt, 413, "payload_too_large", contains="field 'prompt_text' is larger")
+
+
+def test_text_fields_together_over_their_cap_are_413(gateway: GatewayServer) -> None:
+    # each part is within its own cap; four of them exactly fill the total, a fifth byte passes it
+    each = MAX_FIELDS_TOTAL_BYTES // 4
+    assert each <= MAX_FIELD_BYTES
+    at_cap = post_multipart(gateway.url, text_fields(4, each))
+    assert_error(at_cap, 422, "text_too_long")
+    over = post_multipart(gateway.url, [*text_fields(4, each), ("text_language", b"e", None)])
+    assert_error(over, 413, "payload_too_large", contains=f"larger than {MAX_FIELDS_TOTAL_BYTES} bytes")
+
+
+def test_file_field_sent_twice_is_refused(gateway: GatewayServer, refs: Path) -> None:
+    reference = make_reference(refs / "twice.wav", seconds=5.0).read_bytes()
+    parts: list[tuple[str, bytes, str | None]] = [
+        ("text", TEXT.encode(), None), ("text_language", b"en", None),
+        ("audio", reference, "a.wav"), ("audio", reference, "b.wav"),
+    ]
+    assert_error(post_multipart(gateway.url, parts), 422, "unexpected_file", contains="'audio' was sent twice")
+
+
+# ------------------------------------------------------------------------------------- JSON, urlencoded
+
+
+def json_body(size: int, **fields: str) -> bytes:
+    """A JSON object of exactly `size` bytes: `fields`, then "text" padded with letters to fill the size."""
+    skeleton = json.dumps({**fields, "text": ""}).encode()
+    pad = size - len(skeleton)
+    assert pad >= 0
+    return json.dumps({**fields, "text": "a" * pad}).encode()
+
+
+def post_json(url: str, body: bytes | Iterator[bytes]) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/voice-clone", content=body, headers={"Content-Type": "application/json"}, timeout=60
+    )
+
+
+def test_json_body_over_its_cap_is_413(gateway: GatewayServer) -> None:
+    at_cap = json_body(JSON_CAP)
+    assert len(at_cap) == JSON_CAP
+    assert_error(post_json(gateway.url, at_cap), 422, "text_too_long")  # read and parsed whole
+    over = json_body(JSON_CAP + 1)
+    assert_error(post_json(gateway.url, over), 413, "payload_too_large",
+                 contains=f"request body is {JSON_CAP + 1} bytes; the limit is {JSON_CAP} bytes")
+    # no Content-Length: the cap holds while the body streams in
+    assert_error(post_json(gateway.url, chunked(over)), 413, "payload_too_large",
+                 contains=f"larger than the {JSON_CAP} byte limit")
+
+
+def test_base64_reference_over_the_upload_cap_is_413(gateway: GatewayServer) -> None:
+    def with_base64(characters: int) -> bytes:
+        # "AAAA" decodes to zero bytes: valid base64 of no known audio format
+        return json.dumps({"text": TEXT, "text_language": "en", "reference_audio_base64": "A" * characters}).encode()
+
+    fits = MAX_UPLOAD // 3 * 4  # decodes to exactly the cap
+    assert_error(post_json(gateway.url, with_base64(fits)), 415, "unsupported_audio")
+    over = post_json(gateway.url, with_base64(fits + 4))
+    error = assert_error(over, 413, "payload_too_large", contains=f"larger than the {MAX_UPLOAD} byte limit")
+    assert error["limit_bytes"] == MAX_UPLOAD
+
+
+def test_urlencoded_body_over_its_cap_is_413(gateway: GatewayServer) -> None:
+    def post_form(body: bytes | Iterator[bytes]) -> httpx.Response:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        return httpx.post(f"{gateway.url}/v1/voice-clone", content=body, headers=headers, timeout=60)
+
+    prefix = b"text="
+    at_cap = prefix + b"a" * (MAX_FIELD_BYTES - len(prefix))
+    assert_error(post_form(at_cap), 422, "text_too_long")
+    over = at_cap + b"a"
+    assert_error(post_form(over), 413, "payload_too_large",
+                 contains=f"request body is {MAX_FIELD_BYTES + 1} bytes; the limit is {MAX_FIELD_BYTES} bytes")
+    assert_error(post_form(chunked(over)), 413, "payload_too_large",
+                 contains=f"larger than the {MAX_FIELD_BYTES} byte limit")
+
+
+# ------------------------------------------------------------------------------------- audio and text
+
+
+@pytest.mark.parametrize("suffix", ["wav", "flac"])
+def test_recording_over_the_decode_limit_is_413(gateway: GatewayServer, refs: Path, suffix: str) -> None:
+    assert MAX_DECODE_SECONDS == 60.0
+    seconds = MAX_DECODE_SECONDS + 1
+    long = make_reference(refs / f"long.{suffix}", seconds=seconds, rate=16000).read_bytes()
+    assert len(long) < MAX_UPLOAD  # under the byte cap: the length is what refuses it
+    for trim in ("false", "true"):  # trimming on request does not lift the decode limit
+        error = assert_error(clone(gateway.url, long, trim_reference=trim), 413, "audio_too_long",
+                             contains="the audio is 61.0 s long; at most 60 s of audio is accepted")
+        assert error["max_seconds"] == MAX_DECODE_SECONDS
+
+
+def test_recording_at_the_decode_limit_is_decoded_and_can_be_trimmed(gateway: GatewayServer, refs: Path) -> None:
+    sixty = make_reference(refs / "sixty.wav", seconds=MAX_DECODE_SECONDS, rate=16000).read_bytes()
+    error = assert_error(clone(gateway.url, sixty), 422, "reference_too_long", contains="4.0–6.0 s")
+    assert MAX_DECODE_SECONDS - 0.5 < error["duration"] <= MAX_DECODE_SECONDS  # trimmed edges
+    response = clone(gateway.url, sixty, trim_reference="true")
+    assert response.status_code == 200, response.text
+    assert any("was cut from" in warning for warning in response.json()["warnings"])
+
+
+def test_text_over_max_text_chars(gateway: GatewayServer) -> None:
+    # at the limit the text check passes and the request fails on the missing reference instead
+    assert_error(clone(gateway.url, None, text="a" * MAX_TEXT), 422, "missing_reference")
+    error = assert_error(clone(gateway.url, None, text="a" * (MAX_TEXT + 1)), 422, "text_too_long",
+                         contains=f"text is {MAX_TEXT + 1} characters; the limit is {MAX_TEXT}")
+    assert error["limit"] == MAX_TEXT
+
+
+def test_reference_window_comes_from_the_settings(gateway: GatewayServer, refs: Path) -> None:
+    short = make_reference(refs / "short.wav", seconds=3.5).read_bytes()  # inside the default 3-10 s
+    error = assert_error(clone(gateway.url, short), 422, "reference_too_short", contains="accepts 4.0–6.0 s")
+    assert 3.0 < error["duration"] < MIN_REF
+    assert f"is {error['duration']:.1f} s after trimming" in error["message"]
+    assert (error["min_seconds"], error["max_seconds"]) == (MIN_REF, MAX_REF)
+    long = make_reference(refs / "seven.wav", seconds=7.0).read_bytes()  # inside the default too
+    error = assert_error(clone(gateway.url, long), 422, "reference_too_long", contains="accepts 4.0–6.0 s")
+    assert MAX_REF < error["duration"] <= 7.0
+    assert f"is {error['duration']:.1f} s after trimming" in error["message"]
+    fits = make_reference(refs / "five.wav", seconds=5.0).read_bytes()
+    response = clone(gateway.url, fits)
+    assert response.status_code == 200, response.text
+    assert response.json()["output_duration"] > 0.5
+
+
+# ------------------------------------------------------------------------------------------- readiness
+
+
+def ready(url: str) -> httpx.Response:
+    return httpx.get(f"{url}/readyz", timeout=10)
+
+
+def test_readyz_is_503_while_the_shared_dir_cannot_be_written(gateway: GatewayServer) -> None:
+    refs_dir = gateway.settings.refs_dir
+    wait_until(lambda: ready(gateway.url).status_code == 200)
+    # root ignores permission bits: a regular file where the directory should be makes every write fail
+    aside = refs_dir.with_name("refs.aside")
+    refs_dir.rename(aside)
+    try:
+        refs_dir.write_bytes(b"not a directory")
+        response = ready(gateway.url)
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "5"
+        body = response.json()
+        assert body["status"] == "not_ready"
+        assert body["shared_dir"]["writable"] is False
+        assert str(refs_dir) in body["shared_dir"]["error"]
+        assert body["ready"] is True  # the engines are fine: the shared dir alone makes it not ready
+    finally:
+        if refs_dir.is_file():
+            refs_dir.unlink()
+        aside.rename(refs_dir)
+    response = ready(gateway.url)
+    assert response.status_code == 200, response.text
+    assert response.json()["shared_dir"] == {"path": str(gateway.settings.shared_dir), "writable": True, "error": None}
