@@ -88,13 +88,18 @@ class Served:
     url: str
     engine: EngineProcess
     shared_dir: Path
+    port: int
     env_port: int
     weights: ModelWeights
 
 
+#: GATEWAY_HOST, with no --host flag: a loopback address other than the default 127.0.0.1
+ENV_HOST = "127.0.0.2"
+
+
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -110,12 +115,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
         "PYTHONPATH": str(_REPO_ROOT),  # this checkout's gateway, whatever the venv has installed
+        "GATEWAY_HOST": ENV_HOST,
         "GATEWAY_PORT": str(env_port),
         "GATEWAY_ENGINES": "http://127.0.0.1:9",  # nothing listens there
         "GATEWAY_SHARED_DIR": str(root / "env-shared"),
         "GATEWAY_ENGINE_SHARED_DIR": "",
         "GATEWAY_MODELS": json.dumps({"alice": weights.model_dump()}),
-        "GATEWAY_MAX_TEXT_CHARS": "100",  # no flag for it: the environment still counts
+        "GATEWAY_MAX_TEXT_CHARS": "100",  # no flag for it
         "GATEWAY_PROBE_INTERVAL": "0.5",
     }
     with running_engine("--debug-routes", flavor="v2") as engine:
@@ -123,11 +129,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                    "--shared-dir", str(root / "flag-shared"), "--log-level", "warning"]
         # cwd without a .env file, so only the environment above and the flags count
         proc = subprocess.Popen(command, env=env, cwd=root)
-        url = f"http://127.0.0.1:{port}"
+        listening = [f"http://{host}:{p}" for host in (ENV_HOST, "127.0.0.1") for p in (port, env_port)]
         try:
-            wait_until(lambda: proc.poll() is not None or _answers(url), timeout=60)
+            # wherever it listens: the tests say which address was wrong
+            wait_until(lambda: proc.poll() is not None or any(_answers(url) for url in listening), timeout=60)
             assert proc.poll() is None, f"serve exited with {proc.returncode}"
-            yield Served(url, engine, root / "flag-shared", env_port, weights)
+            yield Served(f"http://{ENV_HOST}:{port}", engine, root / "flag-shared", port, env_port, weights)
         finally:
             proc.terminate()
             try:
@@ -135,6 +142,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def ready(served: Served) -> dict[str, object]:
+    """/readyz once the engine behind --engines is in rotation (the probe finds it shortly after start)."""
+    wait_until(lambda: httpx.get(f"{served.url}/readyz", timeout=10).status_code == 200)
+    return dict(httpx.get(f"{served.url}/readyz", timeout=10).json())
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +162,19 @@ def clone(url: str, reference: bytes | None, **fields: str) -> httpx.Response:
 
 
 def test_serve_flags_override_the_environment(served: Served) -> None:
-    # it answers on --port, not GATEWAY_PORT
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{served.env_port}/healthz", timeout=2)
+    assert _answers(served.url), "not listening on --port"
+    assert not _answers(f"http://{ENV_HOST}:{served.env_port}"), "listening on GATEWAY_PORT despite --port"
     body = httpx.get(f"{served.url}/readyz", timeout=10).json()
     # --engines (with its spaces and trailing slash) replaced GATEWAY_ENGINES
     assert [engine["url"] for engine in body["engines"]] == [served.engine.url]
     assert body["shared_dir"]["path"] == str(served.shared_dir)
     assert (served.shared_dir / "refs").is_dir()
+    assert ready(served)["ready"] is True
 
 
 def test_unset_flags_leave_the_environment_in_force(served: Served) -> None:
+    # no --host: GATEWAY_HOST holds, not the flag's documented default
+    assert not _answers(f"http://127.0.0.1:{served.port}"), "listening on 127.0.0.1 despite GATEWAY_HOST"
     error = assert_error(clone(served.url, None, text="a" * 101), 422, "text_too_long", contains="the limit is 100")
     assert error["limit"] == 100
 
@@ -167,13 +182,14 @@ def test_unset_flags_leave_the_environment_in_force(served: Served) -> None:
 def test_a_configured_model_is_loaded_on_the_engine(served: Served, reference: bytes) -> None:
     # the reference is stored under --shared-dir and, with GATEWAY_ENGINE_SHARED_DIR empty, the engine is
     # sent that same absolute path (a relative "refs/..." would not open from the engine's directory)
+    ready(served)
     response = clone(served.url, reference, model="alice")
     assert response.status_code == 200, response.text
     assert (served.shared_dir / "refs" / f"{response.json()['reference_id']}.wav").is_file()
     stats = engine_stats(served.engine.url)
     assert (stats["gpt_weights"], stats["sovits_weights"]) == (served.weights.gpt, served.weights.sovits)
-    loaded = httpx.get(f"{served.url}/readyz", timeout=10).json()["engines"][0]["loaded_weights"]
-    assert loaded == served.weights.model_dump()
+    engines = ready(served)["engines"]
+    assert isinstance(engines, list) and engines[0]["loaded_weights"] == served.weights.model_dump()
 
 
 def test_a_model_not_in_gateway_models_is_refused(served: Served, reference: bytes) -> None:
