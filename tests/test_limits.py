@@ -16,8 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.api.uploads import MAX_FIELD_BYTES, MAX_FIELDS_TOTAL_BYTES, MAX_PARTS
-from gateway.services.references import MAX_DECODE_SECONDS
+from gateway.api.uploads import MAX_FIELD_BYTES, MAX_FIELDS_TOTAL_BYTES
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
 from tests.support import assert_error, make_reference, running_engine, wait_until
 
@@ -87,10 +86,9 @@ def text_fields(count: int, size: int = 1) -> list[tuple[str, bytes, str | None]
 
 
 def test_form_with_more_than_64_parts_is_413(gateway: GatewayServer) -> None:
-    assert MAX_PARTS == 64
-    # 64 parts get through the parser: the request then fails on the missing reference
-    assert_error(post_multipart(gateway.url, text_fields(MAX_PARTS)), 422, "missing_reference")
-    response = post_multipart(gateway.url, text_fields(MAX_PARTS + 1))
+    # 64 parts (the documented limit) get through the parser: the request then fails on the missing reference
+    assert_error(post_multipart(gateway.url, text_fields(64)), 422, "missing_reference")
+    response = post_multipart(gateway.url, text_fields(65))
     assert_error(response, 413, "payload_too_large", contains="form has more than 64 parts")
 
 
@@ -183,20 +181,18 @@ def test_urlencoded_body_over_its_cap_is_413(gateway: GatewayServer) -> None:
 
 @pytest.mark.parametrize("suffix", ["wav", "flac"])
 def test_recording_over_the_decode_limit_is_413(gateway: GatewayServer, refs: Path, suffix: str) -> None:
-    assert MAX_DECODE_SECONDS == 60.0
-    seconds = MAX_DECODE_SECONDS + 1
-    long = make_reference(refs / f"long.{suffix}", seconds=seconds, rate=16000).read_bytes()
+    long = make_reference(refs / f"long.{suffix}", seconds=61.0, rate=16000).read_bytes()
     assert len(long) < MAX_UPLOAD  # under the byte cap: the length is what refuses it
     for trim in ("false", "true"):  # trimming on request does not lift the decode limit
         error = assert_error(clone(gateway.url, long, trim_reference=trim), 413, "audio_too_long",
                              contains="the audio is 61.0 s long; at most 60 s of audio is accepted")
-        assert error["max_seconds"] == MAX_DECODE_SECONDS
+        assert error["max_seconds"] == 60.0
 
 
 def test_recording_at_the_decode_limit_is_decoded_and_can_be_trimmed(gateway: GatewayServer, refs: Path) -> None:
-    sixty = make_reference(refs / "sixty.wav", seconds=MAX_DECODE_SECONDS, rate=16000).read_bytes()
+    sixty = make_reference(refs / "sixty.wav", seconds=60.0, rate=16000).read_bytes()
     error = assert_error(clone(gateway.url, sixty), 422, "reference_too_long", contains="4.0–6.0 s")
-    assert MAX_DECODE_SECONDS - 0.5 < error["duration"] <= MAX_DECODE_SECONDS  # trimmed edges
+    assert 59.5 < error["duration"] <= 60.0  # less its trimmed edges
     response = clone(gateway.url, sixty, trim_reference="true")
     assert response.status_code == 200, response.text
     assert any("was cut from" in warning for warning in response.json()["warnings"])
