@@ -21,6 +21,8 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from tests.support import free_port
 
+CLONE_TEXT = "The quick brown fox jumps over the lazy dog."
+
 
 @dataclass
 class GatewayServer:
@@ -63,6 +65,14 @@ def running_gateway(settings: Settings) -> Iterator[GatewayServer]:
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+def clone(url: str, audio: bytes | None, **fields: str) -> httpx.Response:
+    """`POST {url}/v1/voice-clone` as multipart: CLONE_TEXT in English, `audio` as the reference file (none if
+    None), no transcript; `fields` add or override form fields."""
+    data = {"text": CLONE_TEXT, "text_language": "en", "prompt_text": "", "prompt_language": "en", **fields}
+    files = {"audio": ("ref.wav", audio, "audio/wav")} if audio is not None else None
+    return httpx.post(f"{url}/v1/voice-clone", data=data, files=files, timeout=60)
 
 
 @dataclass

@@ -9,14 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway_support import fast_settings, gateway_process, running_gateway
-from tests.support import assert_error, make_reference, running_engine, wait_until
-from tests.test_voice_clone import TEXT, clone
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return make_reference(tmp_path_factory.mktemp("ref") / "ref.wav", seconds=4.0).read_bytes()
+from tests.gateway_support import CLONE_TEXT, clone, fast_settings, gateway_process, running_gateway
+from tests.support import assert_error, running_engine, wait_until
 
 
 def test_engine_stopped_is_503_with_retry_after(tmp_path: Path, reference: bytes) -> None:
@@ -50,7 +44,7 @@ def test_hanging_engine_times_out_with_504(tmp_path: Path, reference: bytes) -> 
     ) as gw:
         response = httpx.post(
             f"{gw.url}/v1/voice-clone",
-            data={"text": TEXT, "text_language": "en"},
+            data={"text": CLONE_TEXT, "text_language": "en"},
             files={"audio": ("r.wav", reference)},
             headers={"X-Request-Timeout": "2"},
             timeout=30,
@@ -125,7 +119,7 @@ def test_client_that_leaves_the_queue_frees_its_place(tmp_path: Path, reference:
             wait_until(lambda: httpx.get(f"{gw.url}/readyz").json()["engines"][0]["in_flight"] == 1)
             seen_by_engine = httpx.get(f"{engine.url}/_stats").json()["requests"]
             with pytest.raises(httpx.ReadTimeout):  # this client gives up while queued
-                httpx.post(f"{gw.url}/v1/voice-clone", data={"text": TEXT, "text_language": "en"},
+                httpx.post(f"{gw.url}/v1/voice-clone", data={"text": CLONE_TEXT, "text_language": "en"},
                            files={"audio": ("r.wav", reference)}, timeout=1.0)
             wait_until(lambda: httpx.get(f"{gw.url}/readyz").json()["queue_depth"] == 0)
             assert first.result().status_code == 200
