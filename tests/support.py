@@ -35,7 +35,7 @@ from gateway.engine.types import SynthesisRequest
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  #: this checkout: subprocesses import its `gateway`
 
 
 def free_port() -> int:
@@ -112,7 +112,7 @@ def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     with log_path.open("ab") as log:  # the child keeps its own descriptor; a file never blocks like a pipe
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=_REPO_ROOT, env=env)
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
 
 
 def _wait_started(engine: EngineProcess, timeout: float) -> None:

@@ -20,8 +20,6 @@ from gateway.voices import Voice, VoiceStore
 from gateway.voices.files import release_claim, try_claim
 from gateway.voices.store import name_key
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture
 def shared(tmp_path: Path) -> Path:
