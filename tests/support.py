@@ -235,6 +235,11 @@ def measured_median_f0(audio: np.ndarray, rate: int) -> float:
     return float(np.median(voiced))
 
 
+def rms(samples: np.ndarray) -> float:
+    """Root mean square level in float64 (0.0 for no samples)."""
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
+
+
 def assert_speech(
     samples: np.ndarray, rate: int, *, expected_rate: int, min_seconds: float, max_seconds: float
 ) -> None:
@@ -243,8 +248,8 @@ def assert_speech(
     assert samples.ndim == 1, f"expected mono audio, got shape {samples.shape}"
     seconds = len(samples) / rate
     assert min_seconds <= seconds <= max_seconds, f"duration {seconds:.2f} s outside [{min_seconds}, {max_seconds}]"
-    rms = float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))) if len(samples) else 0.0
-    assert rms > 0.01, f"audio is (nearly) silent: RMS {rms:.5f}"
+    level = rms(samples)
+    assert level > 0.01, f"audio is (nearly) silent: RMS {level:.5f}"
 
 
 def wav_stream_header(rate: int) -> bytes:

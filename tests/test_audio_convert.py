@@ -11,13 +11,13 @@ import pytest
 from gateway.audio.convert import OUTPUT_FORMATS, encode, resample
 from gateway.audio.wav import parse_wav
 from gateway.errors import BadRequest
-from tests.support import decode_wav, speech_like_signal
+from tests.support import decode_wav, pcm16, rms, speech_like_signal
 
 
 def decode(data: bytes, fmt: str, rate: int) -> tuple[np.ndarray, int]:
     """Decode encoder output independently: PyAV for AAC, the raw bytes for pcm, soundfile for the rest."""
     if fmt == "pcm":
-        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768, rate
+        return pcm16(data), rate
     if fmt == "aac":
         with av.open(io.BytesIO(data), mode="r") as container:
             assert container.format.name == "aac"  # ADTS
@@ -33,13 +33,15 @@ def duration_tolerance(fmt: str, rate: int) -> float:
     if fmt == "aac":
         return 2 * 1024 / rate
     return 0.03 if fmt in ("mp3", "opus") else 1e-9
+
+
 SHORT, LONG = 2.0, 72.0
 
 SIGNALS = {(seconds, rate): speech_like_signal(seconds, rate) for seconds in (SHORT, LONG) for rate in (32000, 48000)}
 
 
 def rms_db(samples: np.ndarray) -> float:
-    return 20 * float(np.log10(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))))
+    return 20 * float(np.log10(rms(samples)))
 
 
 def test_the_offered_formats_and_content_types() -> None:

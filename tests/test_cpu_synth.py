@@ -13,7 +13,7 @@ import soundfile
 from gateway.cpu_engine import adapt, espeak
 from gateway.cpu_engine.synth import PEAK_LIMIT, SynthesisParams, Synthesizer
 from gateway.cpu_engine.text import ScriptRun, language_runs, split_text
-from tests.support import make_reference, measured_median_f0
+from tests.support import make_reference, measured_median_f0, rms
 
 ENGLISH = "Hello world, this is the CPU engine speaking with a different voice."
 
@@ -27,10 +27,6 @@ def params(text: str, lang: str, rate: int = 32000, **overrides: Any) -> Synthes
     """Request fields for a test; no reference and no trailing silence unless overridden."""
     base = SynthesisParams(text=text, text_lang=lang, ref_audio_path=None, output_rate=rate, fragment_interval=0.0)
     return dataclasses.replace(base, **overrides)
-
-
-def rms(audio: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
 
 # --- languages and rates --------------------------------------------------------------------------
