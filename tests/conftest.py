@@ -1,4 +1,8 @@
-"""Shared fixtures: one CPU engine (api_v2 flavour, debug routes on) for the whole session, references."""
+"""Shared fixtures: one CPU engine (api_v2 flavour, debug routes on) for the whole session, references.
+
+The references come in three types, one fixture name each: `ref` (a file the engines read: Path),
+`reference` (an upload's bytes) and `prepared` (what reference intake hands the voice store).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import EngineProcess, make_reference, running_engine
+from gateway.audio.intake import PreparedReference
+from tests.support import EngineProcess, make_reference, prepared_reference, running_engine
 
 
 @pytest.fixture(scope="session")
@@ -19,12 +24,6 @@ def engine_v2() -> Iterator[EngineProcess]:
 
 
 @pytest.fixture
-def reference(tmp_path: Path) -> Path:
-    """A 5 s speech-like mono 32 kHz WAV (median F0 120 Hz) inside the 3-10 s window."""
-    return make_reference(tmp_path / "reference.wav", seconds=5.0)
-
-
-@pytest.fixture
 def anyio_backend() -> str:
     """Async tests (marked anyio) run on asyncio, like the gateway under uvicorn."""
     return "asyncio"
@@ -32,5 +31,18 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4 s reference per test module (used by the pool tests)."""
+    """A 4 s reference file per test module, for requests that name a path the engine reads (the engine
+    caches its pitch analysis per file, so one file per module saves ~0.5 s a request)."""
     return make_reference(tmp_path_factory.mktemp("refs") / "ref.wav", seconds=4.0)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The bytes of a 5 s speech-like WAV (32 kHz mono, median F0 120 Hz), as a client uploads them."""
+    return make_reference(tmp_path_factory.mktemp("upload") / "ref.wav", seconds=5.0).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def prepared() -> PreparedReference:
+    """A 3 s reference as reference intake hands it to the voice store (no engine involved)."""
+    return prepared_reference()

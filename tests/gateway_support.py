@@ -19,7 +19,9 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.support import free_port
+from tests.support import REPO_ROOT, free_port
+
+CLONE_TEXT = "The quick brown fox jumps over the lazy dog."
 
 
 @dataclass
@@ -65,6 +67,16 @@ def running_gateway(settings: Settings) -> Iterator[GatewayServer]:
         thread.join(15)
 
 
+def clone(
+    url: str, audio: bytes | None, *, headers: dict[str, str] | None = None, timeout: float = 60, **fields: str
+) -> httpx.Response:
+    """`POST {url}/v1/voice-clone` as multipart: CLONE_TEXT in English, `audio` as the reference file (none if
+    None), no transcript; `fields` add or override form fields."""
+    data = {"text": CLONE_TEXT, "text_language": "en", "prompt_text": "", "prompt_language": "en", **fields}
+    files = {"audio": ("ref.wav", audio, "audio/wav")} if audio is not None else None
+    return httpx.post(f"{url}/v1/voice-clone", data=data, files=files, headers=headers, timeout=timeout)
+
+
 @dataclass
 class GatewayProcess:
     url: str
@@ -84,7 +96,7 @@ def gateway_process(env: dict[str, str]) -> Iterator[GatewayProcess]:
     port = free_port()
     full_env = {**os.environ, **env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--log-level", "warning"], env=full_env, cwd=Path.cwd()
+        [sys.executable, "-m", "gateway", "serve", "--log-level", "warning"], env=full_env, cwd=REPO_ROOT
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -7,6 +7,7 @@ sees exactly what a gateway would see, including crashes and dropped connections
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import io
 import os
@@ -25,14 +26,16 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pyworld
 import soundfile as sf
 
+from gateway.audio.intake import PreparedReference
 from gateway.engine.pool import EnginePool
 from gateway.engine.types import SynthesisRequest
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  #: this checkout: subprocesses import its `gateway`
 
 
 def free_port() -> int:
@@ -109,7 +112,7 @@ def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     with log_path.open("ab") as log:  # the child keeps its own descriptor; a file never blocks like a pipe
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=_REPO_ROOT, env=env)
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
 
 
 def _wait_started(engine: EngineProcess, timeout: float) -> None:
@@ -145,11 +148,16 @@ def running_engine(
         engine.log_path.unlink(missing_ok=True)
 
 
-def speech_like_signal(seconds: float, rate: int, f0: float = 120.0) -> np.ndarray:
+def speech_like_signal(
+    seconds: float, rate: int, f0: float = 120.0, *, level: float = 0.5, silent_gaps: bool = False
+) -> np.ndarray:
     """Voiced, speech-like mono float32: harmonics at a vibrato-modulated F0 under a syllable envelope.
 
-    The F0 wobbles ±2 % around `f0` symmetrically, so the median F0 of the signal is `f0`. Four
-    "syllables" per second with short dips between them make it look like speech to level/VAD checks.
+    The F0 wobbles ±2 % around `f0` symmetrically, so the median F0 of the signal is `f0`; the peak is
+    `level`. Four "syllables" per second: by default the envelope never falls below 20 %, so the clip
+    has no silent edges for reference intake to trim and its duration stays exactly `seconds`; with
+    `silent_gaps` each syllable is followed by a silent dip, as in real speech (what `make_reference`
+    gives the engines).
     """
     t = np.arange(int(round(seconds * rate))) / rate
     f0_track = f0 * (1.0 + 0.02 * np.sin(2 * np.pi * 5.0 * t))
@@ -160,10 +168,22 @@ def speech_like_signal(seconds: float, rate: int, f0: float = 120.0) -> np.ndarr
             break
         formant_gain = 1.0 + 1.5 * np.exp(-(((k * f0) - 700.0) / 300.0) ** 2)  # a crude first formant
         signal += formant_gain / k * np.sin(k * phase)
-    syllables = np.clip(np.sin(np.pi * 4.0 * t), 0.0, None) ** 0.6  # 4 bumps per second, silent gaps
+    if silent_gaps:
+        syllables = np.clip(np.sin(np.pi * 4.0 * t), 0.0, None) ** 0.6  # 4 bumps per second, silent gaps
+    else:
+        syllables = 0.6 + 0.4 * np.sin(2 * np.pi * 4.0 * t)  # 4 bumps per second, never silent
     out = signal * syllables
-    peak = float(np.max(np.abs(out))) or 1.0
-    return (0.5 * out / peak).astype(np.float32)
+    peak = float(np.max(np.abs(out))) if len(out) else 0.0
+    return (level * out / (peak or 1.0)).astype(np.float32)
+
+
+TTS_TEXT = "Hello world, this is a short test."
+
+
+def tts_params(reference: Path, text: str = TTS_TEXT, **overrides: Any) -> dict[str, Any]:
+    """An api_v2 `/tts` body (JSON or query) for `reference` with English text and prompt; `overrides` win."""
+    return {"text": text, "text_lang": "en", "ref_audio_path": str(reference), "prompt_lang": "en",
+            "prompt_text": "A reference.", **overrides}
 
 
 def make_reference(
@@ -176,7 +196,7 @@ def make_reference(
     fmt: str | None = None,
 ) -> Path:
     """Write a speech-like reference (median F0 = `f0`) with soundfile; format from `fmt` or the suffix."""
-    mono = speech_like_signal(seconds, rate, f0)
+    mono = speech_like_signal(seconds, rate, f0, silent_gaps=True)
     data = mono if channels == 1 else np.stack([mono * (1.0 - 0.1 * c) for c in range(channels)], axis=1)
     fmt = (fmt or path.suffix.lstrip(".") or "WAV").upper()
     if fmt == "OGG" and subtype.startswith("PCM"):
@@ -188,10 +208,36 @@ def make_reference(
     return path
 
 
+def prepared_reference(seconds: float = 3.0, rate: int = 32000, freq: float = 220.0) -> PreparedReference:
+    """A real PCM16 mono WAV (a sine tone at `freq`) wrapped the way reference intake hands it to the voice
+    store: no file, no engine. Different `freq` values give different content, hence different hashes."""
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    sf.write(buffer, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    wav = buffer.getvalue()
+    return PreparedReference(wav=wav, sha256=hashlib.sha256(wav).hexdigest(), sample_rate=rate, duration=seconds,
+                             trimmed_seconds=0.0, warnings=())
+
+
 def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
     """Decode audio bytes with soundfile: (float32 samples, shape (n,) mono or (n, channels); rate)."""
     samples, rate = sf.read(io.BytesIO(data), dtype="float32")
     return samples, int(rate)
+
+
+def measured_median_f0(audio: np.ndarray, rate: int) -> float:
+    """Median F0 measured independently of the engine: WORLD Harvest over the frames D4C also calls voiced."""
+    samples = audio.astype(np.float64)
+    f0, times = pyworld.harvest(samples, rate, f0_floor=60.0, f0_ceil=700.0, frame_period=5.0)
+    aperiodicity = pyworld.d4c(samples, f0, times, rate)
+    voiced = f0[(f0 > 0) & (aperiodicity[:, 0] < 0.999)]
+    assert voiced.size > 40, "too little voiced speech to measure"
+    return float(np.median(voiced))
+
+
+def rms(samples: np.ndarray) -> float:
+    """Root mean square level in float64 (0.0 for no samples)."""
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
 
 
 def assert_speech(
@@ -202,8 +248,8 @@ def assert_speech(
     assert samples.ndim == 1, f"expected mono audio, got shape {samples.shape}"
     seconds = len(samples) / rate
     assert min_seconds <= seconds <= max_seconds, f"duration {seconds:.2f} s outside [{min_seconds}, {max_seconds}]"
-    rms = float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))) if len(samples) else 0.0
-    assert rms > 0.01, f"audio is (nearly) silent: RMS {rms:.5f}"
+    level = rms(samples)
+    assert level > 0.01, f"audio is (nearly) silent: RMS {level:.5f}"
 
 
 def wav_stream_header(rate: int) -> bytes:

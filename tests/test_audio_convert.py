@@ -7,34 +7,24 @@ import io
 import av
 import numpy as np
 import pytest
-import soundfile as sf
 
 from gateway.audio.convert import OUTPUT_FORMATS, encode, resample
 from gateway.audio.wav import parse_wav
 from gateway.errors import BadRequest
-
-
-def speech_like(seconds: float, rate: int) -> np.ndarray:
-    t = np.arange(round(seconds * rate)) / rate
-    phase = 2 * np.pi * np.cumsum(120 + 20 * np.sin(2 * np.pi * 0.7 * t)) / rate
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 21) if k * 160 < rate / 2)
-    signal = voiced * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
-    result: np.ndarray = (0.5 * signal / np.max(np.abs(signal))).astype(np.float32)
-    return result
+from tests.support import decode_wav, pcm16, rms, speech_like_signal
 
 
 def decode(data: bytes, fmt: str, rate: int) -> tuple[np.ndarray, int]:
     """Decode encoder output independently: PyAV for AAC, the raw bytes for pcm, soundfile for the rest."""
     if fmt == "pcm":
-        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768, rate
+        return pcm16(data), rate
     if fmt == "aac":
         with av.open(io.BytesIO(data), mode="r") as container:
             assert container.format.name == "aac"  # ADTS
             frames = list(container.decode(audio=0))
         samples = np.concatenate([frame.to_ndarray().reshape(-1) for frame in frames])
         return samples.astype(np.float32), frames[0].sample_rate
-    samples, decoded_rate = sf.read(io.BytesIO(data), dtype="float32")
-    return samples, decoded_rate
+    return decode_wav(data)
 
 
 def duration_tolerance(fmt: str, rate: int) -> float:
@@ -43,13 +33,15 @@ def duration_tolerance(fmt: str, rate: int) -> float:
     if fmt == "aac":
         return 2 * 1024 / rate
     return 0.03 if fmt in ("mp3", "opus") else 1e-9
+
+
 SHORT, LONG = 2.0, 72.0
 
-SIGNALS = {(seconds, rate): speech_like(seconds, rate) for seconds in (SHORT, LONG) for rate in (32000, 48000)}
+SIGNALS = {(seconds, rate): speech_like_signal(seconds, rate) for seconds in (SHORT, LONG) for rate in (32000, 48000)}
 
 
 def rms_db(samples: np.ndarray) -> float:
-    return 20 * float(np.log10(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))))
+    return 20 * float(np.log10(rms(samples)))
 
 
 def test_the_offered_formats_and_content_types() -> None:

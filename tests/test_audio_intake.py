@@ -18,17 +18,7 @@ import soundfile as sf
 from gateway.audio.intake import PreparedReference, decode_audio, prepare_reference, store_reference
 from gateway.audio.wav import parse_wav, wav_samples
 from gateway.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
-
-
-def speech_like(seconds: float, rate: int, *, level: float = 0.5) -> np.ndarray:
-    """Voiced harmonics on a gliding pitch, with a 4 Hz syllable envelope that never falls to silence."""
-    t = np.arange(round(seconds * rate)) / rate
-    f0 = 120 + 20 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / rate
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 21) if k * 160 < rate / 2)
-    signal = voiced * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
-    result: np.ndarray = (level * signal / np.max(np.abs(signal))).astype(np.float32)
-    return result
+from tests.support import speech_like_signal
 
 
 def silence(seconds: float, rate: int) -> np.ndarray:
@@ -52,7 +42,7 @@ def engine_rate_samples(ref: PreparedReference) -> int:
     [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("OGG", "OPUS"), ("MP3", "MPEG_LAYER_III")],
 )
 def test_every_accepted_format_becomes_pcm16_mono_wav(fmt: str, subtype: str) -> None:
-    ref = prepare_reference(encoded(speech_like(5.0, 48000), 48000, fmt, subtype))
+    ref = prepare_reference(encoded(speech_like_signal(5.0, 48000), 48000, fmt, subtype))
     info = parse_wav(ref.wav)
     assert (info.sample_rate, info.channels, info.bits_per_sample) == (48000, 1, 16)
     assert ref.sample_rate == 48000
@@ -63,7 +53,7 @@ def test_every_accepted_format_becomes_pcm16_mono_wav(fmt: str, subtype: str) ->
 
 
 def test_pcm_wav_fast_path_matches_libsndfile() -> None:
-    data = encoded(speech_like(4.0, 32000), 32000)
+    data = encoded(speech_like_signal(4.0, 32000), 32000)
     ours, rate = decode_audio(data)
     theirs, their_rate = sf.read(io.BytesIO(data), dtype="float32")
     assert rate == their_rate == 32000
@@ -71,7 +61,7 @@ def test_pcm_wav_fast_path_matches_libsndfile() -> None:
 
 
 def test_stereo_is_averaged_to_mono() -> None:
-    voice = speech_like(5.0, 32000, level=0.8)
+    voice = speech_like_signal(5.0, 32000, level=0.8)
     stereo = np.stack([voice, 0.5 * voice], axis=1)
     ref = prepare_reference(encoded(stereo, 32000, "FLAC"))
     samples, _ = wav_samples(ref.wav)
@@ -80,21 +70,21 @@ def test_stereo_is_averaged_to_mono() -> None:
 
 
 def test_48k_float_wav() -> None:
-    ref = prepare_reference(encoded(speech_like(6.0, 48000), 48000, "WAV", "FLOAT"))
+    ref = prepare_reference(encoded(speech_like_signal(6.0, 48000), 48000, "WAV", "FLOAT"))
     assert ref.sample_rate == 48000
     assert parse_wav(ref.wav).bits_per_sample == 16
     assert ref.duration == pytest.approx(6.0, abs=0.01)
 
 
 def test_96k_is_downsampled_to_48k() -> None:
-    ref = prepare_reference(encoded(speech_like(5.0, 96000), 96000, "WAV", "PCM_24"))
+    ref = prepare_reference(encoded(speech_like_signal(5.0, 96000), 96000, "WAV", "PCM_24"))
     assert ref.sample_rate == 48000
     assert parse_wav(ref.wav).sample_rate == 48000
     assert ref.duration == pytest.approx(5.0, abs=0.01)
 
 
 def test_leading_and_trailing_silence_is_trimmed_with_a_margin() -> None:
-    clip = np.concatenate([silence(1.5, 32000), speech_like(5.0, 32000), silence(2.0, 32000)])
+    clip = np.concatenate([silence(1.5, 32000), speech_like_signal(5.0, 32000), silence(2.0, 32000)])
     ref = prepare_reference(encoded(clip, 32000))
     # 5 s of speech plus 50 ms kept on each side, at 10 ms frame resolution.
     assert ref.duration == pytest.approx(5.1, abs=0.02)
@@ -102,14 +92,14 @@ def test_leading_and_trailing_silence_is_trimmed_with_a_margin() -> None:
 
 
 def test_trimming_makes_a_long_padded_clip_acceptable() -> None:
-    clip = np.concatenate([silence(4.0, 16000), speech_like(6.0, 16000), silence(4.0, 16000)])
+    clip = np.concatenate([silence(4.0, 16000), speech_like_signal(6.0, 16000), silence(4.0, 16000)])
     ref = prepare_reference(encoded(clip, 16000))
     assert 6.0 < ref.duration < 6.2
 
 
 def test_too_short_reference_is_refused() -> None:
     with pytest.raises(InvalidInput) as caught:
-        prepare_reference(encoded(speech_like(2.0, 32000), 32000))
+        prepare_reference(encoded(speech_like_signal(2.0, 32000), 32000))
     err = caught.value
     assert (err.status, err.code) == (422, "reference_too_short")
     assert "2.0 s after trimming silence" in err.message and "3.0–10.0 s" in err.message
@@ -119,7 +109,7 @@ def test_too_short_reference_is_refused() -> None:
 
 def test_too_long_reference_is_refused_with_its_duration() -> None:
     with pytest.raises(InvalidInput) as caught:
-        prepare_reference(encoded(speech_like(12.4, 32000), 32000))
+        prepare_reference(encoded(speech_like_signal(12.4, 32000), 32000))
     err = caught.value
     assert (err.status, err.code) == (422, "reference_too_long")
     assert err.message == "reference audio is 12.4 s after trimming silence; the engine accepts 3.0–10.0 s"
@@ -128,27 +118,27 @@ def test_too_long_reference_is_refused_with_its_duration() -> None:
 
 def test_just_over_the_limit_is_shown_with_two_decimals() -> None:
     with pytest.raises(InvalidInput) as caught:
-        prepare_reference(encoded(speech_like(10.04, 32000), 32000))
+        prepare_reference(encoded(speech_like_signal(10.04, 32000), 32000))
     assert "10.04 s" in caught.value.message
 
 
 def test_trim_to_max_cuts_a_long_clip() -> None:
-    ref = prepare_reference(encoded(speech_like(12.0, 32000), 32000), trim_to_max=True)
+    ref = prepare_reference(encoded(speech_like_signal(12.0, 32000), 32000), trim_to_max=True)
     assert 9.9 < ref.duration < 10.0
     assert engine_rate_samples(ref) <= 160_000
     assert any("cut from 12.0 s" in warning for warning in ref.warnings)
 
 
 def test_custom_window() -> None:
-    ref = prepare_reference(encoded(speech_like(4.0, 32000), 32000), min_seconds=1.0, max_seconds=4.5)
+    ref = prepare_reference(encoded(speech_like_signal(4.0, 32000), 32000), min_seconds=1.0, max_seconds=4.5)
     assert ref.duration == pytest.approx(4.0, abs=0.01)
     with pytest.raises(InvalidInput):
-        prepare_reference(encoded(speech_like(4.0, 32000), 32000), max_seconds=3.5)
+        prepare_reference(encoded(speech_like_signal(4.0, 32000), 32000), max_seconds=3.5)
 
 
 @pytest.mark.parametrize(("seconds", "rate"), [(10.0, 44100), (10.0, 32000), (3.0, 22050), (3.0, 48000)])
 def test_clips_on_the_window_edges_land_inside_the_engine_window(seconds: float, rate: int) -> None:
-    ref = prepare_reference(encoded(speech_like(seconds, rate), rate))
+    ref = prepare_reference(encoded(speech_like_signal(seconds, rate), rate))
     assert 48_000 < engine_rate_samples(ref) < 160_000
     assert ref.duration == pytest.approx(seconds, abs=0.021)
 
@@ -170,7 +160,7 @@ def test_random_bytes_are_unsupported_media() -> None:
 
 def test_other_formats_libsndfile_knows_are_refused() -> None:
     with pytest.raises(UnsupportedMedia):
-        decode_audio(encoded(speech_like(4.0, 16000), 16000, "AIFF"))
+        decode_audio(encoded(speech_like_signal(4.0, 16000), 16000, "AIFF"))
 
 
 def test_empty_upload_is_invalid_input() -> None:
@@ -187,21 +177,21 @@ def test_wav_with_no_samples_is_empty_audio() -> None:
 
 def test_engine_streaming_wav_saved_to_a_file_is_accepted() -> None:
     """A zero-size streaming header (engine-protocol §3.6) that libsndfile would read as empty."""
-    pcm = (speech_like(4.0, 32000) * 32767).astype("<i2").tobytes()
+    pcm = (speech_like_signal(4.0, 32000) * 32767).astype("<i2").tobytes()
     header = b"RIFF" + struct.pack("<I", 36) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 32000, 64000, 2, 16)
     ref = prepare_reference(header + b"data" + struct.pack("<I", 0) + pcm)
     assert ref.duration == pytest.approx(4.0, abs=0.01)
 
 
 def test_a_wav_cut_short_in_transit_decodes_what_arrived() -> None:
-    data = encoded(speech_like(6.0, 16000), 16000)
+    data = encoded(speech_like_signal(6.0, 16000), 16000)
     samples, rate = decode_audio(data[: 44 + 2 * 80_000])  # header still says 6 s; 5 s arrived
     assert (len(samples), rate) == (80_000, 16000)
 
 
 def test_a_wav_over_the_decode_limit_is_refused() -> None:
     with pytest.raises(PayloadTooLarge) as caught:
-        decode_audio(encoded(speech_like(6.0, 8000), 8000), max_declared_seconds=5.0)
+        decode_audio(encoded(speech_like_signal(6.0, 8000), 8000), max_declared_seconds=5.0)
     assert caught.value.extra["max_seconds"] == 5.0 and "6.0 s" in caught.value.message
 
 
@@ -239,7 +229,7 @@ def _with_unknown_flac_length(flac: bytes) -> bytes:
 
 
 def test_unknown_length_flac_decodes_when_short() -> None:
-    samples, rate = decode_audio(_with_unknown_flac_length(encoded(speech_like(5.0, 16000), 16000, "FLAC")))
+    samples, rate = decode_audio(_with_unknown_flac_length(encoded(speech_like_signal(5.0, 16000), 16000, "FLAC")))
     assert (len(samples), rate) == (80_000, 16000)
 
 
@@ -257,28 +247,28 @@ def test_unknown_length_flac_stops_decoding_at_the_limit() -> None:
 
 
 def test_clean_reference_has_no_warnings() -> None:
-    assert prepare_reference(encoded(speech_like(5.0, 24000), 24000)).warnings == ()
+    assert prepare_reference(encoded(speech_like_signal(5.0, 24000), 24000)).warnings == ()
 
 
 def test_clipping_warning() -> None:
-    clipped = np.clip(speech_like(5.0, 32000, level=1.6), -1.0, 1.0)
+    clipped = np.clip(speech_like_signal(5.0, 32000, level=1.6), -1.0, 1.0)
     warnings = prepare_reference(encoded(clipped, 32000)).warnings
     assert len(warnings) == 1 and "clipped" in warnings[0]
 
 
 def test_low_level_warning() -> None:
-    warnings = prepare_reference(encoded(speech_like(5.0, 32000, level=0.02), 32000)).warnings
+    warnings = prepare_reference(encoded(speech_like_signal(5.0, 32000, level=0.02), 32000)).warnings
     assert len(warnings) == 1 and "very low" in warnings[0] and "dBFS" in warnings[0]
 
 
 def test_low_sample_rate_warning() -> None:
-    ref = prepare_reference(encoded(speech_like(5.0, 8000), 8000))
+    ref = prepare_reference(encoded(speech_like_signal(5.0, 8000), 8000))
     assert ref.sample_rate == 8000
     assert len(ref.warnings) == 1 and "8000 Hz" in ref.warnings[0]
 
 
 def test_identical_content_gives_identical_sha_and_the_file_is_reused(tmp_path: Path) -> None:
-    data = encoded(speech_like(5.0, 32000), 32000)
+    data = encoded(speech_like_signal(5.0, 32000), 32000)
     first, second = prepare_reference(data), prepare_reference(data)
     assert first.sha256 == second.sha256
     path = store_reference(first, tmp_path)
@@ -292,20 +282,20 @@ def test_identical_content_gives_identical_sha_and_the_file_is_reused(tmp_path: 
 
 
 def test_different_content_gives_a_different_file(tmp_path: Path) -> None:
-    a = prepare_reference(encoded(speech_like(5.0, 32000), 32000))
-    b = prepare_reference(encoded(speech_like(5.0, 32000, level=0.4), 32000))
+    a = prepare_reference(encoded(speech_like_signal(5.0, 32000), 32000))
+    b = prepare_reference(encoded(speech_like_signal(5.0, 32000, level=0.4), 32000))
     assert a.sha256 != b.sha256
     assert store_reference(a, tmp_path) != store_reference(b, tmp_path)
 
 
 def test_a_cut_short_file_under_the_name_is_replaced(tmp_path: Path) -> None:
-    ref = prepare_reference(encoded(speech_like(5.0, 32000), 32000))
+    ref = prepare_reference(encoded(speech_like_signal(5.0, 32000), 32000))
     (tmp_path / f"{ref.sha256}.wav").write_bytes(ref.wav[:1000])
     assert store_reference(ref, tmp_path).read_bytes() == ref.wav
 
 
 def test_concurrent_stores_end_with_one_intact_file(tmp_path: Path) -> None:
-    ref = prepare_reference(encoded(speech_like(8.0, 48000), 48000))
+    ref = prepare_reference(encoded(speech_like_signal(8.0, 48000), 48000))
     refs_dir = tmp_path / "refs"  # created on demand
     barrier = threading.Barrier(4)
     results: list[Path] = []

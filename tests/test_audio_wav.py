@@ -17,15 +17,7 @@ from gateway.audio.wav import (
     streaming_wav_header,
     wav_samples,
 )
-
-
-def speech_like(seconds: float, rate: int) -> np.ndarray:
-    t = np.arange(round(seconds * rate)) / rate
-    phase = 2 * np.pi * np.cumsum(120 + 20 * np.sin(2 * np.pi * 0.7 * t)) / rate
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 21) if k * 160 < rate / 2)
-    signal = voiced * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
-    result: np.ndarray = (0.5 * signal / np.max(np.abs(signal))).astype(np.float32)
-    return result
+from tests.support import speech_like_signal
 
 
 def fmt_chunk(rate: int, channels: int = 1, bits: int = 16, tag: int = 1) -> bytes:
@@ -39,7 +31,7 @@ def engine_streaming_header(rate: int) -> bytes:
 
 
 def test_parse_a_complete_wav() -> None:
-    data = pcm16_wav(speech_like(1.5, 32000), 32000)
+    data = pcm16_wav(speech_like_signal(1.5, 32000), 32000)
     info = parse_wav(data)
     assert (info.sample_rate, info.channels, info.bits_per_sample) == (32000, 1, 16)
     assert (info.frames, info.data_offset, info.data_size) == (48000, 44, 96000)
@@ -55,7 +47,7 @@ def test_parse_a_libsndfile_wav_with_several_channels() -> None:
 
 
 def test_truncated_body_is_refused() -> None:
-    data = pcm16_wav(speech_like(1.0, 32000), 32000)
+    data = pcm16_wav(speech_like_signal(1.0, 32000), 32000)
     with pytest.raises(ValueError, match="truncated"):
         parse_wav(data[:-1000])
 
@@ -90,7 +82,7 @@ def test_missing_chunks_are_refused() -> None:
 
 def test_non_pcm_wav_is_refused() -> None:
     buffer = io.BytesIO()
-    sf.write(buffer, speech_like(0.5, 16000), 16000, format="WAV", subtype="FLOAT")
+    sf.write(buffer, speech_like_signal(0.5, 16000), 16000, format="WAV", subtype="FLOAT")
     with pytest.raises(ValueError, match="not integer PCM"):
         parse_wav(buffer.getvalue())
 
@@ -108,7 +100,7 @@ def test_list_chunk_and_odd_chunk_padding_are_skipped() -> None:
 
 def test_wave_format_extensible_pcm_is_accepted() -> None:
     buffer = io.BytesIO()
-    sf.write(buffer, speech_like(0.5, 48000), 48000, format="WAVEX", subtype="PCM_16")
+    sf.write(buffer, speech_like_signal(0.5, 48000), 48000, format="WAVEX", subtype="PCM_16")
     assert parse_wav(buffer.getvalue()).frames == 24000
 
 
@@ -121,7 +113,7 @@ def test_unknown_data_sizes_run_to_the_end_of_the_body(size: int) -> None:
 
 
 def test_engine_streaming_body_parses_with_the_frames_received() -> None:
-    pcm = pcm16_wav(speech_like(0.25, 32000), 32000)[44:]
+    pcm = pcm16_wav(speech_like_signal(0.25, 32000), 32000)[44:]
     info = parse_wav(engine_streaming_header(32000) + pcm)
     assert info.frames == 8000
 
@@ -134,7 +126,7 @@ def test_silence_placeholder_is_detected() -> None:
 @pytest.mark.parametrize(
     ("samples", "rate"),
     [
-        (speech_like(1.0, 16000), 16000),  # real audio at the placeholder's rate and length
+        (speech_like_signal(1.0, 16000), 16000),  # real audio at the placeholder's rate and length
         (np.zeros(32000, dtype=np.float32), 32000),  # silence at the engine's normal rate
         (np.zeros(48000, dtype=np.float32), 16000),  # 3 s of 16 kHz silence is not the 1 s placeholder
     ],
@@ -161,7 +153,7 @@ def test_streaming_header_round_trip() -> None:
 
 
 def test_players_read_our_streaming_header_followed_by_pcm() -> None:
-    voice = speech_like(0.5, 32000)
+    voice = speech_like_signal(0.5, 32000)
     stream = streaming_wav_header(32000) + pcm16_wav(voice, 32000)[44:]
     decoded, rate = sf.read(io.BytesIO(stream), dtype="float32")
     assert rate == 32000 and len(decoded) == len(voice)
@@ -192,7 +184,7 @@ def test_pcm16_wav_from_bytes_equals_from_array_and_clips() -> None:
 @pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32"])
 def test_wav_samples_reads_every_pcm_width_like_libsndfile(subtype: str) -> None:
     buffer = io.BytesIO()
-    sf.write(buffer, speech_like(0.5, 22050), 22050, format="WAV", subtype=subtype)
+    sf.write(buffer, speech_like_signal(0.5, 22050), 22050, format="WAV", subtype=subtype)
     ours, rate = wav_samples(buffer.getvalue())
     theirs, _ = sf.read(io.BytesIO(buffer.getvalue()), dtype="float32")
     assert rate == 22050 and ours.dtype == np.float32
@@ -201,7 +193,7 @@ def test_wav_samples_reads_every_pcm_width_like_libsndfile(subtype: str) -> None
 
 def test_wav_samples_averages_channels() -> None:
     buffer = io.BytesIO()
-    left = speech_like(0.5, 16000)
+    left = speech_like_signal(0.5, 16000)
     sf.write(buffer, np.stack([left, np.zeros_like(left)], axis=1), 16000, format="WAV", subtype="PCM_16")
     mono, _ = wav_samples(buffer.getvalue())
     np.testing.assert_allclose(mono, left / 2, atol=1 / 32768)

@@ -5,19 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-import pyworld
 
-from tests.support import EngineProcess, assert_speech, decode_wav, make_reference
+from tests.support import EngineProcess, assert_speech, decode_wav, make_reference, measured_median_f0
 
 TEXT = "The gateway speaks with the voice of whoever recorded the reference, high or low."
-
-
-def median_f0(samples: np.ndarray, rate: int) -> float:
-    """Median F0 of the voiced frames, measured independently of the engine (WORLD Harvest)."""
-    f0, _ = pyworld.harvest(samples.astype(np.float64), rate, f0_floor=50.0, f0_ceil=500.0)
-    return float(np.median(f0[f0 > 0]))
 
 
 @pytest.mark.parametrize("reference_f0", [100.0, 220.0])
@@ -28,5 +20,5 @@ def test_output_pitch_follows_the_reference(engine_v2: EngineProcess, tmp_path: 
     assert response.status_code == 200, response.text
     samples, rate = decode_wav(response.content)
     assert_speech(samples, rate, expected_rate=32000, min_seconds=2.0, max_seconds=12.0)
-    measured = median_f0(samples, rate)
+    measured = measured_median_f0(samples, rate)
     assert measured == pytest.approx(reference_f0, rel=0.10), f"output median F0 {measured:.1f} Hz"

@@ -19,25 +19,12 @@ from tests.support import (
     pcm16,
     read_until_abort,
     running_engine,
+    tts_params,
     wait_ready,
     wav_stream_header,
 )
 
-TEXT = "Hello world, this is a short test."
 RANGE_MESSAGE = "Reference audio is outside the 3-10 second range, please choose another one!"
-
-
-def params(reference: Path, **overrides: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {"text": TEXT, "text_lang": "en", "ref_audio_path": str(reference), "prompt_lang": "en",
-                              "prompt_text": "A short reference sentence."}
-    values.update(overrides)
-    return values
-
-
-@pytest.fixture(scope="module")
-def shared_ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One reference for the module: the engine caches its pitch analysis per file, saving ~0.5 s a request."""
-    return make_reference(tmp_path_factory.mktemp("refs") / "ref.wav", seconds=5.0)
 
 
 @pytest.fixture
@@ -149,10 +136,10 @@ def test_type_errors_and_json_nulls_are_fastapi_422(client: httpx.Client, method
 
 
 def test_uppercase_language_passes_get_but_fails_post_with_empty_exception(client: httpx.Client,
-                                                                           shared_ref: Path) -> None:
-    response = client.post("/tts", json=params(shared_ref, text_lang="EN"))
+                                                                           ref: Path) -> None:
+    response = client.post("/tts", json=tts_params(ref, text_lang="EN"))
     assert (response.status_code, response.json()) == (400, {"message": "tts failed", "Exception": ""})
-    response = client.get("/tts", params=params(shared_ref, text_lang="EN", prompt_lang="EN"))
+    response = client.get("/tts", params=tts_params(ref, text_lang="EN", prompt_lang="EN"))
     assert response.status_code == 200
     assert_speech(*decode_wav(response.content), expected_rate=32000, min_seconds=1.0, max_seconds=8.0)
 
@@ -160,8 +147,8 @@ def test_uppercase_language_passes_get_but_fails_post_with_empty_exception(clien
 # --- synthesis, references ----------------------------------------------------------------------------
 
 
-def test_mode0_wav_is_speech_with_content_length(client: httpx.Client, shared_ref: Path) -> None:
-    response = client.post("/tts", json=params(shared_ref))
+def test_mode0_wav_is_speech_with_content_length(client: httpx.Client, ref: Path) -> None:
+    response = client.post("/tts", json=tts_params(ref))
     assert response.status_code == 200
     assert response.headers["content-type"] == "audio/wav"
     assert int(response.headers["content-length"]) == len(response.content)
@@ -169,8 +156,8 @@ def test_mode0_wav_is_speech_with_content_length(client: httpx.Client, shared_re
     assert_speech(*decode_wav(response.content), expected_rate=32000, min_seconds=1.0, max_seconds=8.0)
 
 
-def test_reference_free_mode_when_prompt_text_is_empty(client: httpx.Client, shared_ref: Path) -> None:
-    response = client.get("/tts", params=params(shared_ref, prompt_text=""))
+def test_reference_free_mode_when_prompt_text_is_empty(client: httpx.Client, ref: Path) -> None:
+    response = client.get("/tts", params=tts_params(ref, prompt_text=""))
     assert response.status_code == 200
     assert_speech(*decode_wav(response.content), expected_rate=32000, min_seconds=1.0, max_seconds=8.0)
 
@@ -178,7 +165,7 @@ def test_reference_free_mode_when_prompt_text_is_empty(client: httpx.Client, sha
 @pytest.mark.parametrize("seconds", [2.0, 12.0])
 def test_reference_outside_3_to_10_seconds(client: httpx.Client, tmp_path: Path, seconds: float) -> None:
     ref = make_reference(tmp_path / f"ref{seconds}.wav", seconds=seconds)
-    response = client.post("/tts", json=params(ref))
+    response = client.post("/tts", json=tts_params(ref))
     assert (response.status_code, response.json()) == (400, {"message": "tts failed", "Exception": RANGE_MESSAGE})
     response = client.get("/set_refer_audio", params={"refer_audio_path": str(ref)})
     assert (response.status_code, response.json()) == (400, {"message": "set refer audio failed",
@@ -187,7 +174,7 @@ def test_reference_outside_3_to_10_seconds(client: httpx.Client, tmp_path: Path,
 
 def test_missing_reference(client: httpx.Client, tmp_path: Path) -> None:
     missing = tmp_path / "missing.wav"
-    response = client.post("/tts", json=params(missing))
+    response = client.post("/tts", json=tts_params(missing))
     assert (response.status_code, response.json()) == (400, {"message": "tts failed",
                                                              "Exception": f"{missing} not exists"})
     response = client.get("/set_refer_audio", params={"refer_audio_path": str(missing)})
@@ -210,50 +197,50 @@ def test_duration_rule_is_counted_at_16k_like_the_engine(client: httpx.Client, t
 
 def test_stereo_flac_reference_is_accepted(client: httpx.Client, tmp_path: Path) -> None:
     ref = make_reference(tmp_path / "stereo.flac", seconds=4.0, rate=48000, channels=2)
-    response = client.post("/tts", json=params(ref, text="Stereo works."))
+    response = client.post("/tts", json=tts_params(ref, text="Stereo works."))
     assert response.status_code == 200
     assert_speech(*decode_wav(response.content), expected_rate=32000, min_seconds=0.5, max_seconds=5.0)
 
 
 @pytest.mark.parametrize(("text", "lang"), [("你好，世界。今天天气很好。", "all_zh"), ("こんにちは、世界。", "ja")])
-def test_chinese_and_japanese_text(client: httpx.Client, shared_ref: Path, text: str, lang: str) -> None:
-    response = client.post("/tts", json=params(shared_ref, text=text, text_lang=lang, prompt_lang="en"))
+def test_chinese_and_japanese_text(client: httpx.Client, ref: Path, text: str, lang: str) -> None:
+    response = client.post("/tts", json=tts_params(ref, text=text, text_lang=lang, prompt_lang="en"))
     assert response.status_code == 200, response.text
     assert_speech(*decode_wav(response.content), expected_rate=32000, min_seconds=0.8, max_seconds=10.0)
 
 
-def test_punctuation_only_text(client: httpx.Client, shared_ref: Path) -> None:
-    response = client.post("/tts", json=params(shared_ref, text="。，！"))
+def test_punctuation_only_text(client: httpx.Client, ref: Path) -> None:
+    response = client.post("/tts", json=tts_params(ref, text="。，！"))
     assert response.status_code == 200
     samples, rate = decode_wav(response.content)
     assert (rate, len(samples), float(np.abs(samples).max())) == (16000, 16000, 0.0)
-    streamed = client.post("/tts", json=params(shared_ref, text="。，！", streaming_mode=1))
+    streamed = client.post("/tts", json=tts_params(ref, text="。，！", streaming_mode=1))
     assert (streamed.status_code, streamed.content) == (200, b"")
 
 
 # --- media types --------------------------------------------------------------------------------------
 
 
-def test_raw_mode0_is_bare_pcm(client: httpx.Client, shared_ref: Path) -> None:
-    response = client.post("/tts", json=params(shared_ref, media_type="raw"))
+def test_raw_mode0_is_bare_pcm(client: httpx.Client, ref: Path) -> None:
+    response = client.post("/tts", json=tts_params(ref, media_type="raw"))
     assert response.headers["content-type"] == "audio/raw"
     assert response.content[:4] != b"RIFF"
     assert_speech(pcm16(response.content), 32000, expected_rate=32000, min_seconds=1.0, max_seconds=8.0)
 
 
-def test_ogg_mode0_is_vorbis(client: httpx.Client, shared_ref: Path) -> None:
-    response = client.post("/tts", json=params(shared_ref, media_type="ogg"))
+def test_ogg_mode0_is_vorbis(client: httpx.Client, ref: Path) -> None:
+    response = client.post("/tts", json=tts_params(ref, media_type="ogg"))
     assert response.headers["content-type"] == "audio/ogg"
     assert response.content[:4] == b"OggS"
     assert_speech(*decode_wav(response.content), expected_rate=32000, min_seconds=1.0, max_seconds=8.0)
 
 
-def test_aac_fails_like_an_engine_without_ffmpeg(client: httpx.Client, shared_ref: Path) -> None:
-    response = client.post("/tts", json=params(shared_ref, media_type="aac"))
+def test_aac_fails_like_an_engine_without_ffmpeg(client: httpx.Client, ref: Path) -> None:
+    response = client.post("/tts", json=tts_params(ref, media_type="aac"))
     assert (response.status_code, response.json()) == (400, {
         "message": "tts failed", "Exception": "[Errno 2] No such file or directory: 'ffmpeg'"})
     streamed, _ = read_until_abort("POST", str(client.base_url.join("/tts")),
-                                   json=params(shared_ref, media_type="aac", streaming_mode=1))
+                                   json=tts_params(ref, media_type="aac", streaming_mode=1))
     assert streamed.status_code == 200
 
 
@@ -282,23 +269,23 @@ def test_weight_switching_changes_version_rate_and_languages(tmp_path: Path) -> 
             assert response.json() == {"message": "success"}
 
         switch("s2Gv3.pth")
-        no_prompt = client.post("/tts", json=params(ref, prompt_text=""))
+        no_prompt = client.post("/tts", json=tts_params(ref, prompt_text=""))
         assert no_prompt.json() == {"message": "tts failed",
                                     "Exception": "prompt_text cannot be empty when using SoVITS_V3"}
-        v3 = client.post("/tts", json=params(ref, text="Version three."))
+        v3 = client.post("/tts", json=tts_params(ref, text="Version three."))
         assert_speech(*decode_wav(v3.content), expected_rate=24000, min_seconds=0.5, max_seconds=5.0)
 
         switch("s2Gv4.pth")
-        v4 = client.post("/tts", json=params(ref, text="Version four.", streaming_mode=3))
+        v4 = client.post("/tts", json=tts_params(ref, text="Version four.", streaming_mode=3))
         assert v4.content[:44] == wav_stream_header(48000)
 
         switch("s2Gv2ProPlus.pth")
         assert client.get("/_stats").json()["version"] == "v2ProPlus"
 
         switch("s2G488k_v1.pth")
-        korean = client.post("/tts", json=params(ref, text="안녕", text_lang="ko"))
+        korean = client.post("/tts", json=tts_params(ref, text="안녕", text_lang="ko"))
         assert korean.json() == {"message": "text_lang: ko is not supported in version v1"}
-        v1 = client.post("/tts", json=params(ref, text="Version one."))
+        v1 = client.post("/tts", json=tts_params(ref, text="Version one."))
         assert_speech(*decode_wav(v1.content), expected_rate=32000, min_seconds=0.5, max_seconds=5.0)
 
         stats = client.get("/_stats").json()
@@ -312,7 +299,7 @@ def test_weight_switching_changes_version_rate_and_languages(tmp_path: Path) -> 
 def test_model_version_flag_sets_the_start_up_model(tmp_path: Path) -> None:
     ref = make_reference(tmp_path / "ref.wav")
     with running_engine("--model-version", "v4") as engine:
-        response = httpx.post(f"{engine.url}/tts", json=params(ref, text="Forty eight."), timeout=60)
+        response = httpx.post(f"{engine.url}/tts", json=tts_params(ref, text="Forty eight."), timeout=60)
     assert_speech(*decode_wav(response.content), expected_rate=48000, min_seconds=0.5, max_seconds=5.0)
 
 

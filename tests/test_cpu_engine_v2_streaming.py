@@ -6,7 +6,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -21,22 +20,10 @@ from tests.support import (
     pcm16,
     read_until_abort,
     running_engine,
+    tts_params,
     wait_until,
     wav_stream_header,
 )
-
-
-def params(reference: Path, **overrides: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {"text": "Hello world, this is a short test.", "text_lang": "en",
-                              "ref_audio_path": str(reference), "prompt_lang": "en", "prompt_text": "A reference."}
-    values.update(overrides)
-    return values
-
-
-@pytest.fixture(scope="module")
-def shared_ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One reference for the module: the engine caches its pitch analysis per file, saving ~0.5 s a request."""
-    return make_reference(tmp_path_factory.mktemp("refs") / "ref.wav", seconds=5.0)
 
 
 @pytest.fixture
@@ -49,9 +36,9 @@ def client(engine_v2: EngineProcess) -> Iterator[httpx.Client]:
 
 
 @pytest.mark.parametrize("mode", [1, 2, 3, True])
-def test_streaming_wav_framing(client: httpx.Client, shared_ref: Path, mode: int | bool) -> None:
+def test_streaming_wav_framing(client: httpx.Client, ref: Path, mode: int | bool) -> None:
     text = "The first sentence is here. And a second one follows it."
-    with client.stream("POST", "/tts", json=params(shared_ref, text=text, streaming_mode=mode)) as response:
+    with client.stream("POST", "/tts", json=tts_params(ref, text=text, streaming_mode=mode)) as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == "audio/wav"
         assert response.headers.get("transfer-encoding") == "chunked"
@@ -61,17 +48,17 @@ def test_streaming_wav_framing(client: httpx.Client, shared_ref: Path, mode: int
     assert_speech(pcm16(body[44:]), 32000, expected_rate=32000, min_seconds=2.0, max_seconds=12.0)
 
 
-def test_streaming_raw_has_no_header(client: httpx.Client, shared_ref: Path) -> None:
-    response = client.get("/tts", params=params(shared_ref, media_type="raw", streaming_mode=3))
+def test_streaming_raw_has_no_header(client: httpx.Client, ref: Path) -> None:
+    response = client.get("/tts", params=tts_params(ref, media_type="raw", streaming_mode=3))
     assert response.headers["content-type"] == "audio/raw"
     assert "content-length" not in response.headers
     assert response.content[:4] != b"RIFF"
     assert_speech(pcm16(response.content), 32000, expected_rate=32000, min_seconds=1.0, max_seconds=8.0)
 
 
-def test_streaming_ogg_chunks_are_complete_streams(client: httpx.Client, shared_ref: Path) -> None:
+def test_streaming_ogg_chunks_are_complete_streams(client: httpx.Client, ref: Path) -> None:
     text = "The first sentence is here. And a second one follows it."
-    response = client.post("/tts", json=params(shared_ref, text=text, media_type="ogg", streaming_mode=1))
+    response = client.post("/tts", json=tts_params(ref, text=text, media_type="ogg", streaming_mode=1))
     assert response.headers["content-type"] == "audio/ogg"
     # One complete Ogg Vorbis stream per segment: each starts with a beginning-of-stream page.
     assert response.content.count(b"OggS\x00\x02") == 2
@@ -83,13 +70,13 @@ def test_streaming_errors_abort_the_body_after_200(client: httpx.Client, tmp_pat
     short = make_reference(tmp_path / "short.wav", seconds=1.0)
     for ref in (tmp_path / "missing.wav", short):
         url = str(client.base_url.join("/tts"))
-        response, received = read_until_abort("POST", url, json=params(ref, streaming_mode=2))
+        response, received = read_until_abort("POST", url, json=tts_params(ref, streaming_mode=2))
         assert response.status_code == 200
         assert received == b""
 
 
-def test_false_streaming_mode_is_a_whole_file(client: httpx.Client, shared_ref: Path) -> None:
-    response = client.get("/tts", params=params(shared_ref, streaming_mode="false"))
+def test_false_streaming_mode_is_a_whole_file(client: httpx.Client, ref: Path) -> None:
+    response = client.get("/tts", params=tts_params(ref, streaming_mode="false"))
     assert response.status_code == 200
     assert "content-length" in response.headers
 
@@ -105,7 +92,7 @@ def test_two_parallel_requests_are_served_one_after_the_other(tmp_path: Path) ->
         finished: dict[str, float] = {}
 
         def call(name: str) -> None:
-            response = httpx.post(f"{engine.url}/tts", json=params(ref, text="Hi there."), timeout=60)
+            response = httpx.post(f"{engine.url}/tts", json=tts_params(ref, text="Hi there."), timeout=60)
             assert response.status_code == 200
             finished[name] = time.monotonic()
 
@@ -121,14 +108,14 @@ def test_two_parallel_requests_are_served_one_after_the_other(tmp_path: Path) ->
     assert finished["second"] - finished["first"] >= 1.4
 
 
-def test_stream_releases_the_engine_when_the_client_leaves(engine_v2: EngineProcess, shared_ref: Path) -> None:
+def test_stream_releases_the_engine_when_the_client_leaves(engine_v2: EngineProcess, ref: Path) -> None:
     text = " ".join(["This sentence keeps the stream going for a while."] * 6)
     with httpx.Client(base_url=engine_v2.url, timeout=60) as client:
-        with client.stream("POST", "/tts", json=params(shared_ref, text=text, streaming_mode=3)) as response:
+        with client.stream("POST", "/tts", json=tts_params(ref, text=text, streaming_mode=3)) as response:
             first = next(response.iter_raw())
             assert first[:4] == b"RIFF"
         # Leaving the block closed the connection mid-stream; the next request must get the engine.
-        after = client.post("/tts", json=params(shared_ref, text="Next."))
+        after = client.post("/tts", json=tts_params(ref, text="Next."))
         assert after.status_code == 200
         wait_until(lambda: client.get("/_stats").json()["in_flight"] == 0)
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import pyworld
 import soundfile
 
 from gateway.cpu_engine import adapt, espeak
 from gateway.cpu_engine.synth import PEAK_LIMIT, SynthesisParams, Synthesizer
 from gateway.cpu_engine.text import ScriptRun, language_runs, split_text
+from tests.support import make_reference, measured_median_f0, rms
 
 ENGLISH = "Hello world, this is the CPU engine speaking with a different voice."
 
@@ -23,36 +23,10 @@ def synthesizer() -> Synthesizer:
     return Synthesizer()
 
 
-def write_reference(path: Path, f0: float, rate: int = 44100, channels: int = 1, seconds: float = 4.0) -> str:
-    """A voiced, speech-like signal: 24 harmonics of `f0` with 1 % vibrato and a 4 Hz syllable envelope."""
-    t = np.arange(int(rate * seconds)) / rate
-    instantaneous = f0 * (1.0 + 0.01 * np.sin(2 * np.pi * 5.0 * t))
-    phase = 2 * np.pi * np.cumsum(instantaneous) / rate
-    voice = sum(np.sin(k * phase) / k for k in range(1, 25))
-    envelope = 0.1 + 0.9 * 0.5 * (1 - np.cos(2 * np.pi * 4.0 * t))
-    signal = 0.3 * voice * envelope / np.max(np.abs(voice))
-    soundfile.write(str(path), np.repeat(signal[:, None], channels, axis=1), rate)
-    return str(path)
-
-
-def measured_median_f0(audio: np.ndarray, rate: int) -> float:
-    """Independent measurement: Harvest F0 over the frames D4C also calls voiced."""
-    samples = audio.astype(np.float64)
-    f0, times = pyworld.harvest(samples, rate, f0_floor=60.0, f0_ceil=700.0, frame_period=5.0)
-    aperiodicity = pyworld.d4c(samples, f0, times, rate)
-    voiced = f0[(f0 > 0) & (aperiodicity[:, 0] < 0.999)]
-    assert voiced.size > 40, "too little voiced speech to measure"
-    return float(np.median(voiced))
-
-
 def params(text: str, lang: str, rate: int = 32000, **overrides: Any) -> SynthesisParams:
     """Request fields for a test; no reference and no trailing silence unless overridden."""
     base = SynthesisParams(text=text, text_lang=lang, ref_audio_path=None, output_rate=rate, fragment_interval=0.0)
     return dataclasses.replace(base, **overrides)
-
-
-def rms(audio: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
 
 # --- languages and rates --------------------------------------------------------------------------
@@ -240,7 +214,7 @@ def test_single_language_codes_give_one_run() -> None:
 def test_adaptation_moves_output_median_f0_to_the_reference(
     synthesizer: Synthesizer, tmp_path: Path, target_hz: float, rate: int, channels: int, suffix: str
 ) -> None:
-    reference = write_reference(tmp_path / f"ref.{suffix}", target_hz, rate, channels)
+    reference = str(make_reference(tmp_path / f"ref.{suffix}", 4.0, rate, f0=target_hz, channels=channels))
     plain = synthesizer.synthesize(params(ENGLISH, "en", seed=5))
     adapted = synthesizer.synthesize(params(ENGLISH, "en", seed=5, ref_audio_path=reference))
     plain_f0 = measured_median_f0(plain, 32000)
@@ -251,7 +225,7 @@ def test_adaptation_moves_output_median_f0_to_the_reference(
 
 
 def test_chinese_follows_a_high_reference(synthesizer: Synthesizer, tmp_path: Path) -> None:
-    reference = write_reference(tmp_path / "ref.wav", 220.0)
+    reference = str(make_reference(tmp_path / "ref.wav", 4.0, f0=220.0))
     adapted = synthesizer.synthesize(
         params("你好，今天天气很好，我们去公园散步吧。", "all_zh", ref_audio_path=reference)
     )
@@ -264,7 +238,7 @@ def test_reference_at_the_voice_pitch_skips_adaptation(synthesizer: Synthesizer,
     plain = synthesizer.synthesize(params(text, "en", rate, seed=9))
     own = adapt.pitch_stats(plain, rate, adapt.SOURCE_F0_CEIL_HZ)
     assert own is not None
-    reference = write_reference(tmp_path / "own.wav", own.median_hz)
+    reference = str(make_reference(tmp_path / "own.wav", 4.0, f0=own.median_hz))
     with_reference = synthesizer.synthesize(params(text, "en", rate, seed=9, ref_audio_path=reference))
     assert [decision.skip for decision in synthesizer.last_adaptations] == [True]
     assert abs(synthesizer.last_adaptations[0].ratio - 1.0) <= adapt.SKIP_TOLERANCE
@@ -289,11 +263,11 @@ def test_unvoiced_or_unreadable_reference_means_no_adaptation(synthesizer: Synth
 
 
 def test_reference_analysis_is_cached_until_the_file_changes(tmp_path: Path) -> None:
-    path = write_reference(tmp_path / "ref.wav", 220.0)
+    path = str(make_reference(tmp_path / "ref.wav", 4.0, f0=220.0))
     first = adapt.reference_pitch(path)
     assert first is not None and abs(first.median_hz - 220.0) < 3.0
     assert adapt.reference_pitch(path) is first
-    write_reference(tmp_path / "ref.wav", 110.0, seconds=4.5)  # new size and mtime
+    make_reference(tmp_path / "ref.wav", 4.5, f0=110.0)  # new size and mtime
     second = adapt.reference_pitch(path)
     assert second is not None and abs(second.median_hz - 110.0) < 2.0
 

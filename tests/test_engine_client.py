@@ -21,7 +21,7 @@ from gateway.engine.stream import stream_from_wav
 from gateway.engine.types import EngineInfo, SynthesisRequest, SynthesisResult
 from gateway.errors import EngineBadResponse, EngineRejected, EngineTimeout, EngineUnavailable
 from gateway.languages import normalize_language
-from gateway.settings import ModelWeights, Settings
+from gateway.settings import ModelWeights
 from tests.support import (
     EngineProcess,
     assert_speech,
@@ -30,20 +30,16 @@ from tests.support import (
     engine_stats_async,
     free_port,
     make_reference,
+    pool_settings,
     running_engine,
     set_engine_faults,
+    synthesis_request,
     wait_until_async,
 )
 
 pytestmark = pytest.mark.anyio
 
 TEXT = "Hello there, this is a short test of the voice cloning engine."
-
-
-def settings_for(*urls: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"engines": list(urls), "connect_timeout": 1.0, "read_timeout": 20.0}
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 @pytest.fixture(scope="module")
@@ -79,21 +75,9 @@ async def engine_idle(url: str) -> bool:
     return (await engine_stats_async(url))["in_flight"] == 0
 
 
-def request(ref: Path, **fields: Any) -> SynthesisRequest:
-    values: dict[str, Any] = {
-        "text": TEXT,
-        "text_language": "en",
-        "reference_path": str(ref),
-        "prompt_text": "This is the reference transcript.",
-        "prompt_language": "en",
-    }
-    values.update(fields)
-    return SynthesisRequest(**values)
-
-
 @asynccontextmanager
 async def cloner(url: str, **overrides: Any) -> AsyncIterator[VoiceCloner]:
-    client = VoiceCloner(url, settings_for(url, **overrides))
+    client = VoiceCloner(url, pool_settings([url], **overrides))
     try:
         yield client
     finally:
@@ -136,7 +120,7 @@ async def test_synthesis_returns_checked_speech(
 ) -> None:
     engine = v2_engine if flavor == "v2" else v1_engine
     async with cloner(engine.url) as client:
-        result = await client.synthesize(request(refs["ok"]), timeout=30)
+        result = await client.synthesize(synthesis_request(refs["ok"], TEXT), timeout=30)
     assert result.engine.url == engine.url and result.engine.flavor == flavor
     samples, rate = decode_wav(result.wav)
     assert (result.sample_rate, result.frames) == (rate, len(samples))
@@ -149,7 +133,7 @@ async def test_stream_delivers_decodable_pcm(
 ) -> None:
     engine = v2_engine if flavor == "v2" else v1_engine
     text = "First sentence of the stream. Second sentence follows. And a third one ends it."
-    async with cloner(engine.url) as client, client.stream(request(refs["ok"], text=text), timeout=30) as stream:
+    async with cloner(engine.url) as client, client.stream(synthesis_request(refs["ok"], text), timeout=30) as stream:
         assert stream.sample_rate == 32000
         chunks = [chunk async for chunk in stream.chunks()]
     assert stream.finished and stream.error is None
@@ -161,12 +145,13 @@ async def test_stream_delivers_decodable_pcm(
 async def test_leaving_a_stream_early_stops_the_engine(v2_engine: EngineProcess, refs: dict[str, Path]) -> None:
     text = " ".join(f"Sentence number {n} of a long text that keeps the engine streaming." for n in range(12))
     async with cloner(v2_engine.url) as client:
-        async with client.stream(request(refs["ok"], text=text), timeout=60) as stream:
+        async with client.stream(synthesis_request(refs["ok"], text), timeout=60) as stream:
             async for _chunk in stream.chunks():
                 break
         assert not stream.finished
         await wait_until_async(lambda: engine_idle(v2_engine.url))  # else the engine kept streaming to nobody
-        result = await client.synthesize(request(refs["ok"]), timeout=30)  # the connection pool is still usable
+        # the connection pool is still usable
+        result = await client.synthesize(synthesis_request(refs["ok"]), timeout=30)
         assert result.frames > 0
 
 
@@ -183,7 +168,7 @@ async def test_weight_switch_changes_version_and_rate(
     async with cloner(v2_engine.url) as client:
         await client.load_weights(ModelWeights(gpt=str(gpt), sovits=str(v3)))
         assert client.info.version == "v3" and engine_stats(v2_engine.url)["sovits_weights"] == str(v3)
-        result = await client.synthesize(request(refs["ok"]), timeout=30)
+        result = await client.synthesize(synthesis_request(refs["ok"]), timeout=30)
         assert result.sample_rate == 24000
         await client.load_weights(ModelWeights(sovits=str(v2)))
         assert client.info.version == "v2"
@@ -193,7 +178,7 @@ async def test_weight_switch_changes_version_and_rate(
     async with cloner(v1_engine.url) as client:
         await client.load_weights(ModelWeights(gpt=str(gpt), sovits=str(v3)))
         assert engine_stats(v1_engine.url)["sovits_weights"] == str(v3)
-        result = await client.synthesize(request(refs["ok"]), timeout=30)
+        result = await client.synthesize(synthesis_request(refs["ok"]), timeout=30)
         assert result.sample_rate == 24000 and client.info.version == "v3"  # learned from the rate
         await client.load_weights(ModelWeights(gpt=str(gpt), sovits=str(v2)))
         with pytest.raises(EngineRejected, match="together"):
@@ -208,7 +193,7 @@ async def test_unsupported_language_is_rejected_with_the_engine_message(
 ) -> None:
     async with cloner(v2_engine.url) as client:
         with pytest.raises(EngineRejected) as caught:
-            await client.synthesize(request(refs["ok"], text_language="xx"), timeout=30)
+            await client.synthesize(synthesis_request(refs["ok"], text_language="xx"), timeout=30)
     error = caught.value
     assert error.status == 422 and not error.retryable
     assert "text_lang: xx is not supported in version v2" in error.message
@@ -218,7 +203,7 @@ async def test_unsupported_language_is_rejected_with_the_engine_message(
 async def test_reference_outside_3_to_10_seconds_is_rejected(v2_engine: EngineProcess, refs: dict[str, Path]) -> None:
     async with cloner(v2_engine.url) as client:
         with pytest.raises(EngineRejected) as caught:
-            await client.synthesize(request(refs["long"]), timeout=30)
+            await client.synthesize(synthesis_request(refs["long"]), timeout=30)
     assert caught.value.code == "reference_duration" and "3-10 second" in caught.value.message
 
 
@@ -228,7 +213,7 @@ async def test_v1_reference_free_request_never_reaches_the_engine(
     before = engine_stats(v1_engine.url)["requests"]
     async with cloner(v1_engine.url) as client:
         with pytest.raises(EngineRejected, match="default reference"):
-            await client.synthesize(request(refs["ok"], prompt_text=""), timeout=30)
+            await client.synthesize(synthesis_request(refs["ok"], prompt_text=""), timeout=30)
     assert engine_stats(v1_engine.url)["requests"] == before
 
 
@@ -238,7 +223,7 @@ async def test_v1_reference_free_request_never_reaches_the_engine(
 async def test_reference_the_engine_cannot_see_is_a_deployment_fault(v2_engine: EngineProcess, tmp_path: Path) -> None:
     async with cloner(v2_engine.url) as client:
         with pytest.raises(EngineBadResponse) as caught:
-            await client.synthesize(request(tmp_path / "nowhere.wav"), timeout=30)
+            await client.synthesize(synthesis_request(tmp_path / "nowhere.wav"), timeout=30)
     assert caught.value.retryable and "GATEWAY_ENGINE_SHARED_DIR" in caught.value.message
 
 
@@ -246,17 +231,17 @@ async def test_stopped_engine_is_unavailable() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     async with cloner(url, engine_flavor="v2") as client:
         with pytest.raises(EngineUnavailable) as caught:
-            await client.synthesize(request(Path("/x.wav")), timeout=5)
+            await client.synthesize(synthesis_request(Path("/x.wav")), timeout=5)
     assert caught.value.retryable and url in caught.value.message
 
 
 async def test_engine_dying_mid_request_is_unavailable(refs: dict[str, Path]) -> None:
     with running_engine("--exit-after", "1", flavor="v2") as engine:
         async with cloner(engine.url) as client:
-            assert (await client.synthesize(request(refs["ok"]), timeout=30)).frames > 0
+            assert (await client.synthesize(synthesis_request(refs["ok"]), timeout=30)).frames > 0
             with pytest.raises(EngineUnavailable) as caught:
-                await client.synthesize(request(refs["ok"]), timeout=30)
-        assert engine.proc.wait(timeout=10) != 0
+                await client.synthesize(synthesis_request(refs["ok"]), timeout=30)
+        assert engine.proc.wait(timeout=10) == 70  # the CPU engine's crash status: it died on the request
     assert caught.value.retryable and engine.url in caught.value.message
 
 
@@ -264,7 +249,7 @@ async def test_hang_times_out_by_the_deadline(faulty_v2: EngineProcess, refs: di
     set_engine_faults(faulty_v2.url, fault="hang")
     async with cloner(faulty_v2.url) as client:
         with pytest.raises(EngineTimeout) as caught:
-            await client.synthesize(request(refs["ok"]), timeout=1.0)
+            await client.synthesize(synthesis_request(refs["ok"]), timeout=1.0)
     assert not caught.value.retryable and caught.value.status == 504 and faulty_v2.url in caught.value.message
 
 
@@ -274,21 +259,21 @@ async def test_500_is_a_bad_response_and_the_next_request_is_clean(
     set_engine_faults(faulty_v2.url, fault="500")
     async with cloner(faulty_v2.url) as client:
         with pytest.raises(EngineBadResponse) as caught:
-            await client.synthesize(request(refs["ok"]), timeout=30)
+            await client.synthesize(synthesis_request(refs["ok"]), timeout=30)
         assert caught.value.retryable and "HTTP 500" in caught.value.message
         set_engine_faults(faulty_v2.url, fault=None)
         # engine-protocol §11: the engine drops the connection after a 500; it must not be reused.
-        assert (await client.synthesize(request(refs["ok"]), timeout=30)).frames > 0
+        assert (await client.synthesize(synthesis_request(refs["ok"]), timeout=30)).frames > 0
 
 
 async def test_silence_placeholder_is_never_a_success(faulty_v2: EngineProcess, refs: dict[str, Path]) -> None:
     set_engine_faults(faulty_v2.url, fault="silence")
     async with cloner(faulty_v2.url) as client:
         with pytest.raises(EngineBadResponse) as caught:
-            await client.synthesize(request(refs["ok"]), timeout=30)
+            await client.synthesize(synthesis_request(refs["ok"]), timeout=30)
         assert caught.value.code == "engine_silence" and caught.value.retryable
         with pytest.raises(EngineBadResponse):  # streaming: a 16 kHz header, refused before any audio
-            async with client.stream(request(refs["ok"]), timeout=30):
+            async with client.stream(synthesis_request(refs["ok"]), timeout=30):
                 pass
 
 
@@ -296,20 +281,20 @@ async def test_truncated_body_is_a_bad_response(faulty_v2: EngineProcess, refs: 
     set_engine_faults(faulty_v2.url, fault="truncate")
     async with cloner(faulty_v2.url) as client:
         with pytest.raises(EngineBadResponse) as whole:
-            await client.synthesize(request(refs["ok"]), timeout=30)
+            await client.synthesize(synthesis_request(refs["ok"]), timeout=30)
         assert whole.value.retryable
-        with pytest.raises(EngineBadResponse):
-            async with client.stream(request(refs["ok"]), timeout=30) as stream:
+        with pytest.raises(EngineBadResponse) as cut:
+            async with client.stream(synthesis_request(refs["ok"]), timeout=30) as stream:
                 async for _chunk in stream.chunks():
                     pass
-        assert stream.error is not None and not stream.finished
+        assert stream.error is cut.value and not stream.finished
 
 
 async def test_v1_aborted_chunked_body_is_a_bad_response(refs: dict[str, Path]) -> None:
     with running_engine("--fault", "truncate", flavor="v1") as engine:
         async with cloner(engine.url) as client:
             with pytest.raises(EngineBadResponse) as caught:
-                await client.synthesize(request(refs["ok"]), timeout=30)
+                await client.synthesize(synthesis_request(refs["ok"]), timeout=30)
     assert caught.value.retryable and engine.url in caught.value.message
 
 
@@ -321,7 +306,7 @@ async def test_nothing_to_say_is_never_a_success(
     engine = v2_engine if flavor == "v2" else v1_engine
     async with cloner(engine.url) as client:
         with pytest.raises(EngineBadResponse) as caught:
-            await client.synthesize(request(refs["ok"], text="..."), timeout=30)
+            await client.synthesize(synthesis_request(refs["ok"], "..."), timeout=30)
     assert caught.value.retryable
 
 

@@ -11,11 +11,10 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import soundfile as sf
 
 from gateway.audio.wav import parse_streaming_header
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
-from tests.support import assert_error, assert_speech, make_reference, running_engine, wait_until
+from tests.support import assert_error, assert_speech, decode_wav, make_reference, running_engine, wait_until
 
 INPUT = "Streaming speech arrives while the engine is still talking. Then a second sentence follows."
 
@@ -40,19 +39,14 @@ def client(gateway: GatewayServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="not-needed", max_retries=0)
 
 
-def decode(data: bytes) -> tuple[np.ndarray, int]:
-    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    return samples, rate
-
-
 def test_sdk_round_trip_by_name_and_id(client: openai.OpenAI, gateway: GatewayServer) -> None:
     audio = client.audio.speech.create(model="gpt-sovits", voice="anna", input="Hello from the SDK.",
                                        response_format="wav")
-    samples, rate = decode(audio.content)
+    samples, rate = decode_wav(audio.content)
     assert_speech(samples, rate, expected_rate=32000, min_seconds=0.5, max_seconds=5.0)
     voice_id = gateway.app.state.test_voice_id
     audio = client.audio.speech.create(model="tts-1", voice={"id": voice_id}, input="By id.", response_format="flac")
-    samples, rate = decode(audio.content)
+    samples, rate = decode_wav(audio.content)
     assert_speech(samples, rate, expected_rate=32000, min_seconds=0.3, max_seconds=4.0)
 
 
@@ -64,7 +58,7 @@ def test_sdk_streaming_response(client: openai.OpenAI) -> None:
         body = b"".join(response.iter_bytes())
     rate, channels, bits = parse_streaming_header(body[:44])
     assert (rate, channels, bits) == (32000, 1, 16)
-    samples, decoded_rate = decode(body)  # players accept the streaming header
+    samples, decoded_rate = decode_wav(body)  # players accept the streaming header
     assert_speech(samples, decoded_rate, expected_rate=32000, min_seconds=2.0, max_seconds=15.0)
 
 
@@ -83,7 +77,7 @@ def test_every_format_decodes_at_the_right_rate(client: openai.OpenAI, fmt: str)
             rate = container.streams.audio[0].rate
         samples = np.concatenate(frames)
     else:
-        samples, rate = decode(data)
+        samples, rate = decode_wav(data)
     expected = 48000 if fmt == "opus" else 32000
     assert_speech(samples, rate, expected_rate=expected, min_seconds=0.5, max_seconds=5.0)
 
@@ -93,11 +87,11 @@ def test_sample_rate_option(gateway: GatewayServer) -> None:
             "sample_rate": 24000}
     response = httpx.post(f"{gateway.url}/v1/audio/speech", json=body, timeout=60)
     assert response.status_code == 200 and response.headers["x-sample-rate"] == "24000"
-    samples, rate = decode(response.content)
+    samples, rate = decode_wav(response.content)
     assert_speech(samples, rate, expected_rate=24000, min_seconds=0.3, max_seconds=4.0)
     body["stream"] = True
     response = httpx.post(f"{gateway.url}/v1/audio/speech", json=body, timeout=60)
-    samples, rate = decode(response.content)
+    samples, rate = decode_wav(response.content)
     assert_speech(samples, rate, expected_rate=24000, min_seconds=0.3, max_seconds=4.0)
 
 
@@ -111,7 +105,7 @@ def test_multipart_variant_with_reference_audio(gateway: GatewayServer, tmp_path
         timeout=60,
     )
     assert response.status_code == 200, response.text
-    samples, rate = decode(response.content)
+    samples, rate = decode_wav(response.content)
     assert_speech(samples, rate, expected_rate=32000, min_seconds=0.5, max_seconds=5.0)
 
 

@@ -10,10 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway_support import GatewayServer, fast_settings, running_gateway
+from tests.gateway_support import CLONE_TEXT, GatewayServer, clone, fast_settings, running_gateway
 from tests.support import assert_error, assert_speech, decode_wav, make_reference, running_engine
-
-TEXT = "The quick brown fox jumps over the lazy dog."
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +25,6 @@ def gateway(shared_dir: Path) -> Iterator[GatewayServer]:
         yield gw
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return make_reference(tmp_path_factory.mktemp("ref") / "ref.wav", seconds=5.0, f0=140.0).read_bytes()
-
-
-def clone(url: str, audio: bytes | None, **fields: str) -> httpx.Response:
-    data = {"text": TEXT, "text_language": "en", "prompt_text": "", "prompt_language": "en", **fields}
-    files = {"audio": ("ref.wav", audio, "audio/wav")} if audio is not None else None
-    return httpx.post(f"{url}/v1/voice-clone", data=data, files=files, timeout=60)
-
-
 def test_clone_returns_speech_with_metadata(gateway: GatewayServer, reference: bytes) -> None:
     response = clone(gateway.url, reference, prompt_text="A sample of my voice.")
     assert response.status_code == 200, response.text
@@ -47,7 +34,7 @@ def test_clone_returns_speech_with_metadata(gateway: GatewayServer, reference: b
     assert body["output_sample_rate"] == 32000
     assert body["output_duration"] == pytest.approx(len(samples) / rate, abs=0.01)
     assert body["task"] == "voice-clone" and body["service_available"] is True
-    assert body["text_length"] == len(TEXT)
+    assert body["text_length"] == len(CLONE_TEXT)
     assert body["request_id"] == response.headers["x-request-id"]
     assert set(body["timings"]) == {"queue_wait", "reference_prep", "engine", "encode"}
     assert body["engine"]["flavor"] == "v2" and body["engine"]["url"].startswith("http://127.0.0.1:")
@@ -64,7 +51,7 @@ def test_identical_references_reuse_one_file(gateway: GatewayServer, reference: 
 
 def test_json_body_with_base64_reference(gateway: GatewayServer, reference: bytes) -> None:
     payload = {
-        "text": TEXT,
+        "text": CLONE_TEXT,
         "text_language": "EN",  # normalised to the engine's lowercase code
         "prompt_language": "en",
         "reference_audio_base64": base64.b64encode(reference).decode(),
@@ -77,13 +64,8 @@ def test_json_body_with_base64_reference(gateway: GatewayServer, reference: byte
 
 
 def test_request_id_is_propagated(gateway: GatewayServer, reference: bytes) -> None:
-    response = httpx.post(
-        f"{gateway.url}/v1/voice-clone",
-        data={"text": TEXT, "text_language": "en"},
-        files={"audio": ("r.wav", reference)},
-        headers={"X-Request-ID": "dub-42.line-7"},
-        timeout=60,
-    )
+    response = clone(gateway.url, reference, headers={"X-Request-ID": "dub-42.line-7"})
+    assert response.status_code == 200, response.text
     assert response.headers["x-request-id"] == "dub-42.line-7"
     assert response.json()["request_id"] == "dub-42.line-7"
 
@@ -91,12 +73,12 @@ def test_request_id_is_propagated(gateway: GatewayServer, reference: bytes) -> N
 def test_short_and_long_references_are_rejected_with_the_duration(gateway: GatewayServer, tmp_path: Path) -> None:
     short = make_reference(tmp_path / "short.wav", seconds=2.0).read_bytes()
     error = assert_error(clone(gateway.url, short), 422, "reference_too_short")
-    assert 1.5 <= error["duration"] <= 2.0  # measured after trimming the silent edges  # type: ignore[operator]
-    assert f"{error['duration']} s" in str(error["message"])
-    assert "3.0" in str(error["message"]) and "10.0" in str(error["message"])
+    # measured after trimming the silent edges: the last syllable's 0.25 s silent tail less the 50 ms margin
+    assert error["duration"] == 1.8
+    assert error["message"] == "reference audio is 1.8 s after trimming silence; the engine accepts 3.0–10.0 s"
     long = make_reference(tmp_path / "long.wav", seconds=12.0).read_bytes()
     error = assert_error(clone(gateway.url, long), 422, "reference_too_long")
-    assert 11.5 <= error["duration"] <= 12.0  # type: ignore[operator]
+    assert error["duration"] == 11.8
 
 
 def test_long_reference_can_be_trimmed_on_request(gateway: GatewayServer, tmp_path: Path) -> None:
@@ -123,7 +105,7 @@ def test_client_cannot_name_an_engine_path(gateway: GatewayServer, reference: by
     for field in ("ref_audio_path", "refer_wav_path", "aux_ref_audio_paths"):
         response = clone(gateway.url, reference, **{field: "/etc/passwd"})
         assert_error(response, 422, "engine_path_not_allowed", contains=field)
-    payload = {"text": TEXT, "ref_audio_path": "/etc/passwd"}
+    payload = {"text": CLONE_TEXT, "ref_audio_path": "/etc/passwd"}
     response = httpx.post(f"{gateway.url}/v1/voice-clone", json=payload, timeout=30)
     assert_error(response, 422, "engine_path_not_allowed")
 
@@ -142,7 +124,7 @@ def test_bad_knob_values_are_422(gateway: GatewayServer, reference: bytes) -> No
 def test_bad_request_timeout_header(gateway: GatewayServer, reference: bytes) -> None:
     response = httpx.post(
         f"{gateway.url}/v1/voice-clone",
-        data={"text": TEXT},
+        data={"text": CLONE_TEXT},
         files={"audio": ("r.wav", reference)},
         headers={"X-Request-Timeout": "soon"},
         timeout=30,
@@ -194,17 +176,18 @@ def test_ambiguous_or_stray_references_are_refused(gateway: GatewayServer, refer
     assert_error(clone(gateway.url, reference, voice_id="narrator"), 422, "conflicting_reference")
     stray = httpx.post(
         f"{gateway.url}/v1/voice-clone",
-        data={"text": TEXT},
+        data={"text": CLONE_TEXT},
         files={"audio": ("r.wav", reference), "reference": ("x.wav", reference)},
         timeout=30,
     )
     assert_error(stray, 422, "unexpected_file", contains="'reference'")
-    payload = {"text": TEXT, "reference_audio_base64": "data:audio/wav;base64"}  # a data: URL without data
+    payload = {"text": CLONE_TEXT, "reference_audio_base64": "data:audio/wav;base64"}  # a data: URL without data
     assert_error(httpx.post(f"{gateway.url}/v1/voice-clone", json=payload, timeout=30), 422, "invalid_base64")
 
 
 def test_json_content_type_is_case_insensitive(gateway: GatewayServer, reference: bytes) -> None:
-    payload = {"text": TEXT, "text_language": "en", "reference_audio_base64": base64.b64encode(reference).decode()}
+    payload = {"text": CLONE_TEXT, "text_language": "en",
+               "reference_audio_base64": base64.b64encode(reference).decode()}
     response = httpx.post(
         f"{gateway.url}/v1/voice-clone",
         content=json.dumps(payload),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import json
 import logging
 import os
@@ -13,9 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from gateway.audio.intake import PreparedReference
 from gateway.errors import Conflict, InvalidInput, NotFound
@@ -23,29 +19,6 @@ from gateway.settings import ModelWeights
 from gateway.voices import Voice, VoiceStore
 from gateway.voices.files import release_claim, try_claim
 from gateway.voices.store import name_key
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def make_reference(seconds: float = 3.0, rate: int = 32000, freq: float = 220.0) -> PreparedReference:
-    """A real PCM16 mono WAV (a sine tone) wrapped the way reference intake hands it over."""
-    t = np.arange(int(seconds * rate)) / rate
-    buffer = io.BytesIO()
-    sf.write(buffer, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format="WAV", subtype="PCM_16")
-    wav = buffer.getvalue()
-    return PreparedReference(
-        wav=wav,
-        sha256=hashlib.sha256(wav).hexdigest(),
-        sample_rate=rate,
-        duration=seconds,
-        trimmed_seconds=0.0,
-        warnings=(),
-    )
-
-
-@pytest.fixture(scope="module")
-def reference() -> PreparedReference:
-    return make_reference()
 
 
 @pytest.fixture
@@ -58,8 +31,8 @@ def store(shared: Path) -> VoiceStore:
     return VoiceStore(shared / "voices", shared / "refs")
 
 
-def create(store: VoiceStore, name: str, reference: PreparedReference, **options: Any) -> Voice:
-    return store.create(name=name, reference=reference, prompt_text="Hello there.", prompt_language="en", **options)
+def create(store: VoiceStore, name: str, prepared: PreparedReference, **options: Any) -> Voice:
+    return store.create(name=name, reference=prepared, prompt_text="Hello there.", prompt_language="en", **options)
 
 
 def tree_snapshot(top: Path) -> dict[str, tuple[int, bytes | None]]:
@@ -74,14 +47,14 @@ def tree_snapshot(top: Path) -> dict[str, tuple[int, bytes | None]]:
 # --- CRUD and persistence
 
 
-def test_create_get_resolve_list_delete_round_trip(store: VoiceStore, reference: PreparedReference) -> None:
+def test_create_get_resolve_list_delete_round_trip(store: VoiceStore, prepared: PreparedReference) -> None:
     weights = ModelWeights(gpt="GPT_weights/a.ckpt", sovits="SoVITS_weights/a.pth")
-    voice = create(store, "  Narrator One ", reference, description="calm", weights=weights)
+    voice = create(store, "  Narrator One ", prepared, description="calm", weights=weights)
 
     assert voice.id.startswith("voice_") and len(voice.id) == 22
     assert voice.name == "Narrator One"
     assert (voice.prompt_text, voice.prompt_language, voice.description) == ("Hello there.", "en", "calm")
-    assert voice.reference_sha256 == reference.sha256
+    assert voice.reference_sha256 == prepared.sha256
     assert (voice.reference_duration, voice.reference_sample_rate) == (3.0, 32000)
     assert voice.weights == weights
     assert voice.created_at.utcoffset() == timedelta(0)
@@ -90,8 +63,8 @@ def test_create_get_resolve_list_delete_round_trip(store: VoiceStore, reference:
     record = json.loads((store.root / f"{voice.id}.json").read_text())
     assert record["id"] == voice.id and record["name"] == "Narrator One"
     assert "is_default" not in record
-    assert store.reference_path(voice) == store.refs_dir / f"{reference.sha256}.wav"
-    assert store.reference_path(voice).read_bytes() == reference.wav
+    assert store.reference_path(voice) == store.refs_dir / f"{prepared.sha256}.wav"
+    assert store.reference_path(voice).read_bytes() == prepared.wav
 
     assert store.get(voice.id) == voice
     assert store.resolve(voice.id) == voice
@@ -108,12 +81,12 @@ def test_create_get_resolve_list_delete_round_trip(store: VoiceStore, reference:
     with pytest.raises(NotFound):
         store.delete(voice.id)
     assert store.list() == []
-    assert store.reference_path(voice).read_bytes() == reference.wav, "delete must keep the shared reference"
+    assert store.reference_path(voice).read_bytes() == prepared.wav, "delete must keep the shared reference"
 
 
-def test_new_store_on_same_directory_sees_everything(shared: Path, reference: PreparedReference) -> None:
+def test_new_store_on_same_directory_sees_everything(shared: Path, prepared: PreparedReference) -> None:
     first = VoiceStore(shared / "voices", shared / "refs")
-    made = [create(first, f"voice {n}", reference) for n in range(3)]
+    made = [create(first, f"voice {n}", prepared) for n in range(3)]
     first.set_default(made[1].id)
 
     second = VoiceStore(shared / "voices", shared / "refs")
@@ -123,15 +96,15 @@ def test_new_store_on_same_directory_sees_everything(shared: Path, reference: Pr
     assert second.default() == made[1].model_copy(update={"is_default": True})
     assert second.resolve("VOICE 2").id == made[2].id
     with pytest.raises(Conflict):
-        create(second, "Voice 0", reference)
+        create(second, "Voice 0", prepared)
 
 
-def test_voices_sharing_a_reference_share_one_file(store: VoiceStore, reference: PreparedReference) -> None:
-    first, second = create(store, "a", reference), create(store, "b", reference)
+def test_voices_sharing_a_reference_share_one_file(store: VoiceStore, prepared: PreparedReference) -> None:
+    first, second = create(store, "a", prepared), create(store, "b", prepared)
     assert store.reference_path(first) == store.reference_path(second)
-    assert sorted(p.name for p in store.refs_dir.iterdir()) == [f"{reference.sha256}.wav"]
+    assert sorted(p.name for p in store.refs_dir.iterdir()) == [f"{prepared.sha256}.wav"]
     store.delete(first.id)
-    assert store.reference_path(second).read_bytes() == reference.wav
+    assert store.reference_path(second).read_bytes() == prepared.wav
 
 
 # --- names
@@ -139,22 +112,22 @@ def test_voices_sharing_a_reference_share_one_file(store: VoiceStore, reference:
 
 @pytest.mark.parametrize("duplicate", ["Alice", "alice", "  ALICE ", "ａｌｉｃｅ", "AlIcE"])
 def test_duplicate_name_in_any_case_is_a_conflict(
-    store: VoiceStore, reference: PreparedReference, duplicate: str
+    store: VoiceStore, prepared: PreparedReference, duplicate: str
 ) -> None:
-    original = create(store, "Alice", reference)
+    original = create(store, "Alice", prepared)
     with pytest.raises(Conflict) as caught:
-        create(store, duplicate, reference)
+        create(store, duplicate, prepared)
     assert caught.value.code == "voice_name_taken" and caught.value.status == 409
     assert [v.id for v in store.list()] == [original.id]
     assert sorted(p.name for p in store.root.glob("*.json")) == [f"{original.id}.json"]
     assert len(list((store.root / "names").iterdir())) == 1
 
 
-def test_delete_frees_the_name(store: VoiceStore, reference: PreparedReference) -> None:
-    old = create(store, "Reusable", reference)
+def test_delete_frees_the_name(store: VoiceStore, prepared: PreparedReference) -> None:
+    old = create(store, "Reusable", prepared)
     store.delete(old.id)
     assert list((store.root / "names").iterdir()) == []
-    new = create(store, "REUSABLE", reference)
+    new = create(store, "REUSABLE", prepared)
     assert new.id != old.id
     assert store.resolve("reusable").id == new.id
 
@@ -173,57 +146,57 @@ def test_delete_frees_the_name(store: VoiceStore, reference: PreparedReference) 
         "voice_0123456789abcdef",
     ],
 )
-def test_invalid_names_are_rejected(store: VoiceStore, reference: PreparedReference, bad_name: str) -> None:
+def test_invalid_names_are_rejected(store: VoiceStore, prepared: PreparedReference, bad_name: str) -> None:
     with pytest.raises(InvalidInput) as caught:
-        create(store, bad_name, reference)
+        create(store, bad_name, prepared)
     assert caught.value.code == "invalid_voice_name" and caught.value.status == 422
     assert store.list() == [] and list((store.root / "names").iterdir()) == []
 
 
-def test_name_limits_and_unicode_are_accepted(store: VoiceStore, reference: PreparedReference) -> None:
-    assert create(store, "x" * 64, reference).name == "x" * 64
-    assert create(store, "  Zoë — 声音 🎙  ", reference).name == "Zoë — 声音 🎙"
+def test_name_limits_and_unicode_are_accepted(store: VoiceStore, prepared: PreparedReference) -> None:
+    assert create(store, "x" * 64, prepared).name == "x" * 64
+    assert create(store, "  Zoë — 声音 🎙  ", prepared).name == "Zoë — 声音 🎙"
     assert store.resolve("ZOË — 声音 🎙").name == "Zoë — 声音 🎙"
 
 
-def test_failed_create_releases_the_name(store: VoiceStore, reference: PreparedReference) -> None:
+def test_failed_create_releases_the_name(store: VoiceStore, prepared: PreparedReference) -> None:
     store.refs_dir.rmdir()
     store.refs_dir.write_bytes(b"not a directory")  # store_reference can no longer write: a real OSError
     with pytest.raises(OSError):
-        create(store, "Phoenix", reference)
+        create(store, "Phoenix", prepared)
     assert list((store.root / "names").iterdir()) == []
     assert list(store.root.glob("*.json")) == []
 
     store.refs_dir.unlink()
     store.refs_dir.mkdir()
-    assert create(store, "Phoenix", reference).name == "Phoenix"
+    assert create(store, "Phoenix", prepared).name == "Phoenix"
 
 
 def test_claim_left_by_a_crashed_create_is_reclaimed_only_when_stale(
-    shared: Path, reference: PreparedReference
+    shared: Path, prepared: PreparedReference
 ) -> None:
     store = VoiceStore(shared / "voices", shared / "refs", stale_claim_seconds=30)
     orphan_claim = store.root / "names" / name_key("Orphan")
     orphan_claim.write_text("voice_00000000deadbeef")  # claimed, then the process died before saving
 
     with pytest.raises(Conflict):
-        create(store, "orphan", reference)  # too fresh: could be a create still in progress
+        create(store, "orphan", prepared)  # too fresh: could be a create still in progress
     old = time.time() - 60
     os.utime(orphan_claim, (old, old))
-    voice = create(store, "orphan", reference)
+    voice = create(store, "orphan", prepared)
     assert orphan_claim.read_text() == voice.id
 
     os.utime(orphan_claim, (old, old))  # an old claim whose voice exists is never taken
     with pytest.raises(Conflict):
-        create(store, "ORPHAN", reference)
+        create(store, "ORPHAN", prepared)
 
 
 def test_reference_with_a_malformed_hash_is_refused_before_writing(
-    tmp_path: Path, store: VoiceStore, reference: PreparedReference
+    tmp_path: Path, store: VoiceStore, prepared: PreparedReference
 ) -> None:
     before = tree_snapshot(tmp_path)
-    for bad_hash in ("../../escaped", reference.sha256.upper(), reference.sha256[:-1]):
-        forged = dataclasses.replace(reference, sha256=bad_hash)
+    for bad_hash in ("../../escaped", prepared.sha256.upper(), prepared.sha256[:-1]):
+        forged = dataclasses.replace(prepared, sha256=bad_hash)
         with pytest.raises(InvalidInput) as caught:
             create(store, "forged", forged)
         assert caught.value.code == "invalid_voice"
@@ -267,9 +240,9 @@ HOSTILE_IDS = [
 
 @pytest.mark.parametrize("hostile", HOSTILE_IDS)
 def test_hostile_ids_are_not_found_and_touch_nothing(
-    tmp_path: Path, store: VoiceStore, reference: PreparedReference, hostile: str
+    tmp_path: Path, store: VoiceStore, prepared: PreparedReference, hostile: str
 ) -> None:
-    victim = create(store, "victim", reference)
+    victim = create(store, "victim", prepared)
     store.set_default(victim.id)
     # A valid-looking record outside root, where a traversal would land.
     (tmp_path / "x.json").write_text((store.root / f"{victim.id}.json").read_text())
@@ -289,8 +262,8 @@ def test_hostile_ids_are_not_found_and_touch_nothing(
 # --- default voice
 
 
-def test_default_set_switch_clear_and_deleted(store: VoiceStore, reference: PreparedReference) -> None:
-    first, second = create(store, "first", reference), create(store, "second", reference)
+def test_default_set_switch_clear_and_deleted(store: VoiceStore, prepared: PreparedReference) -> None:
+    first, second = create(store, "first", prepared), create(store, "second", prepared)
     assert store.default() is None
 
     store.set_default(first.id)
@@ -321,9 +294,9 @@ def test_default_set_switch_clear_and_deleted(store: VoiceStore, reference: Prep
 
 
 def test_list_skips_partial_and_corrupt_files(
-    store: VoiceStore, reference: PreparedReference, caplog: pytest.LogCaptureFixture
+    store: VoiceStore, prepared: PreparedReference, caplog: pytest.LogCaptureFixture
 ) -> None:
-    good = create(store, "good", reference)
+    good = create(store, "good", prepared)
     text = (store.root / f"{good.id}.json").read_text()
     partial_id, foreign_id, garbage_id = "voice_aaaaaaaaaaaaaaaa", "voice_bbbbbbbbbbbbbbbb", "voice_cccccccccccccccc"
     (store.root / f"{partial_id}.json").write_text(text.replace(good.id, partial_id)[: len(text) // 2])

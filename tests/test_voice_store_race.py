@@ -19,7 +19,7 @@ from gateway.errors import Conflict
 from gateway.voices import Voice, VoiceStore
 
 # the worker runs with the repository root on PYTHONPATH, so this import works there too
-from tests.test_voice_store import make_reference
+from tests.support import prepared_reference
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ def _race_worker(argv: list[str]) -> None:
     """Child process: wait for the go signal, then create voices as fast as possible and report."""
     root, refs, go_file, index, shared_count, unique_count = argv
     store = VoiceStore(Path(root), Path(refs))
-    reference = make_reference(freq=220.0 + 110 * int(index))
+    reference = prepared_reference(freq=220.0 + 110 * int(index))
     print("ready", flush=True)
     deadline = time.monotonic() + 60
     while not Path(go_file).exists():

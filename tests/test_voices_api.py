@@ -26,11 +26,6 @@ def gateway(engine: EngineProcess, tmp_path: Path) -> Iterator[GatewayServer]:
         yield gw
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return make_reference(tmp_path_factory.mktemp("ref") / "ref.wav", seconds=5.0, f0=180.0).read_bytes()
-
-
 def create(url: str, reference: bytes, name: str, **fields: str) -> httpx.Response:
     data = {"name": name, "prompt_text": "Hello there.", "prompt_language": "en", **fields}
     return httpx.post(f"{url}/v1/voices", data=data, files={"audio": ("ref.wav", reference)}, timeout=30)
