@@ -65,6 +65,10 @@ async def stat(engine: EngineProcess, key: str = "requests") -> int:
     return int((await engine_stats_async(engine.url))[key])
 
 
+async def stat_equals(engine: EngineProcess, key: str, value: int) -> bool:
+    return await stat(engine, key) == value
+
+
 def entry(pool: EnginePool, index: int = 0) -> dict[str, Any]:
     described: dict[str, Any] = pool.status()["engines"][index]
     return described
@@ -232,8 +236,8 @@ async def test_cooling_pool_fails_hopeless_waiters_at_once_and_rescues_the_other
         before = await stat(engine)
         first = asyncio.create_task(pool.synthesize(synthesis_request(ref)))
         await wait_until_async(lambda: stat_equals(engine, "in_flight", 1))  # admitted: its fault is fixed
-        # Gives up 3 s from now: after the first call fails (~1 s), before its cooldown ends (~1 s + COOL).
-        hopeless = asyncio.create_task(pool.synthesize(synthesis_request(ref), timeout=3.0))
+        # Gives up 3.5 s from now: after the first call fails (~1 s), before its cooldown ends (~1 s + COOL).
+        hopeless = asyncio.create_task(pool.synthesize(synthesis_request(ref), timeout=3.5))
         patient = asyncio.create_task(pool.synthesize(synthesis_request(ref)))
         await wait_until_async(lambda: pool.status()["queue_depth"] == 2)
         await faults(engine, fault=None, delay=0.0)
@@ -251,10 +255,6 @@ async def test_cooling_pool_fails_hopeless_waiters_at_once_and_rescues_the_other
         assert rescued.engine.url == engine.url and rescued.attempts == 1
         assert rescued.queue_wait >= COOL, "served before the cooldown ended"
         assert await stat(engine) - before == 2, "the hopeless waiter reached the engine"
-
-
-async def stat_equals(engine: EngineProcess, key: str, value: int) -> bool:
-    return await stat(engine, key) == value
 
 
 async def test_retry_goes_to_the_front_of_the_queue(clean: list[EngineProcess], ref: Path) -> None:
