@@ -67,6 +67,15 @@ class QueueFull(GatewayError):
     status, code = 429, "queue_full"
 
 
+class StorageUnavailable(GatewayError):
+    """The shared dir cannot be written (missing mount, read-only, full): the request lost nothing, retry later."""
+
+    status, code = 503, "storage_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = 5.0, **kw: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **kw)
+
+
 class EngineError(GatewayError):
     """An engine-side failure; `retryable` tells the pool whether another attempt may help."""
 

@@ -1,5 +1,6 @@
 """Request limits through the HTTP API: form parts and field caps, body caps, audio length, text length,
-the reference window, and `/readyz` when the shared dir cannot be written.
+the reference window, an unknown model refused before any reference work, and `/readyz` and uploads
+(503 `storage_unavailable`) when the shared dir cannot be written.
 
 One CPU engine subprocess and one gateway on a real socket for the module, started with tight limits so
 every cap can be hit on both sides of its edge (just inside: the request gets past the cap and fails on a
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -254,3 +256,82 @@ def test_readyz_is_503_while_the_shared_dir_cannot_be_written(gateway: GatewaySe
     assert response.json()["shared_dir"] == {"path": str(gateway.settings.shared_dir), "writable": True, "error": None}
     assert refs_dir.is_dir()
     shutil.rmtree(aside)  # content-addressed references: they are written again when next uploaded
+
+
+# ------------------------------------------------------------------------------ an unwritable shared dir
+
+
+@contextmanager
+def refs_dir_replaced_by_a_file(gateway: GatewayServer) -> Iterator[Path]:
+    """`refs/` as a regular file for the duration (root ignores permission bits); the directory is put back."""
+    refs_dir = gateway.settings.refs_dir
+    refs_dir.mkdir(parents=True, exist_ok=True)
+    aside = refs_dir.with_name("refs.kept")
+    refs_dir.rename(aside)
+    try:
+        refs_dir.write_bytes(b"not a directory")
+        yield refs_dir
+    finally:
+        if refs_dir.is_file():
+            refs_dir.unlink()
+        shutil.rmtree(refs_dir, ignore_errors=True)  # in case a readiness probe made it again
+        aside.rename(refs_dir)
+
+
+def upload_to_clone(url: str, reference: bytes) -> httpx.Response:
+    return clone(url, reference)
+
+
+def upload_to_speech(url: str, reference: bytes) -> httpx.Response:
+    data = {"model": "gpt-sovits", "input": TEXT, "response_format": "wav", "prompt_language": "en"}
+    files = {"reference_audio": ("ref.wav", reference, "audio/wav")}
+    return httpx.post(f"{url}/v1/audio/speech", data=data, files=files, timeout=120)
+
+
+def upload_to_voices(url: str, reference: bytes) -> httpx.Response:
+    data = {"name": "Stored Nowhere", "prompt_language": "en"}
+    return httpx.post(f"{url}/v1/voices", data=data, files={"audio": ("ref.wav", reference, "audio/wav")}, timeout=120)
+
+
+@pytest.mark.parametrize("send", [upload_to_clone, upload_to_speech, upload_to_voices],
+                         ids=["voice-clone", "speech", "voices"])
+def test_upload_while_the_shared_dir_cannot_be_written_is_503(
+    gateway: GatewayServer, refs: Path, send: Callable[[str, bytes], httpx.Response]
+) -> None:
+    # a reference no other test uploads, so it is not already stored
+    reference = make_reference(refs / f"storage-{send.__name__}.wav", seconds=5.0, f0=150.0).read_bytes()
+    with refs_dir_replaced_by_a_file(gateway):
+        response = send(gateway.url, reference)
+        error = assert_error(response, 503, "storage_unavailable")
+        assert error["message"] == (
+            "the gateway cannot store the reference recording right now (its shared directory is not "
+            "writable); try again later"
+        )
+        assert response.headers["retry-after"] == "5"
+        assert error["retry_after"] == 5
+        assert str(gateway.settings.shared_dir) not in response.text  # no host paths to the client
+    # nothing was taken: the same upload works once the directory is back
+    names = [voice["name"] for voice in httpx.get(f"{gateway.url}/v1/voices", timeout=10).json()["voices"]]
+    assert "Stored Nowhere" not in names
+    response = send(gateway.url, reference)
+    assert response.status_code in (200, 201), response.text
+    answer = {} if "x-reference-id" in response.headers else response.json()
+    sha256 = response.headers.get("x-reference-id") or answer.get("reference_id") or answer["reference_sha256"]
+    assert (gateway.settings.refs_dir / f"{sha256}.wav").is_file()
+    if send is upload_to_voices:
+        httpx.delete(f"{gateway.url}/v1/voices/{response.json()['id']}", timeout=10).raise_for_status()
+
+
+# ------------------------------------------------------------------------------------------- unknown model
+
+
+def test_unknown_model_is_refused_before_any_reference_work(gateway: GatewayServer, refs: Path) -> None:
+    refs_dir = gateway.settings.refs_dir
+    reference = make_reference(refs / "unknown-model.wav", seconds=5.0, f0=170.0).read_bytes()
+    before = sorted(refs_dir.iterdir())
+    unknown = "model 'nobody' is not configured; known models: none are configured"
+    assert_error(clone(gateway.url, reference, model="nobody"), 422, "unknown_model", contains=unknown)
+    assert sorted(refs_dir.iterdir()) == before  # not decoded into the shared dir
+    # a base64 reference is not even decoded: the model is refused first
+    body = json.dumps({"text": TEXT, "text_language": "en", "model": "nobody", "reference_audio_base64": "!!!"})
+    assert_error(post_json(gateway.url, body.encode()), 422, "unknown_model", contains=unknown)

@@ -116,9 +116,10 @@ async def _prepare(request: Request, svc: Services) -> tuple[SpeechParams, Synth
     text_language = check_language(
         svc, params.text_language or reference.prompt_language or "auto", "text_language"
     )
-    knobs = params.model_copy(update={"model": params.model if params.model in svc.settings.models else None})
+    # any `model` is accepted (the SDK always sends one); a GATEWAY_MODELS name selects those weights
     synthesis = build_request(
-        svc, text=text, text_language=text_language, reference=reference, knobs=knobs
+        svc, text=text, text_language=text_language, reference=reference, knobs=params,
+        weights=svc.settings.models.get(params.model),
     )
     return params, synthesis, reference
 

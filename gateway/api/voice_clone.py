@@ -15,9 +15,7 @@ from gateway.api.context import request_timeout, services, unless_disconnected
 from gateway.api.params import CloneParams, openapi_body, parse_params
 from gateway.api.uploads import is_json, read_json, read_multipart
 from gateway.engine.types import SynthesisRequest
-from gateway.errors import InvalidInput
 from gateway.services.context import Services
-from gateway.services.references import decode_base64_reference
 from gateway.services.streaming import EngineAudioResponse, open_stream, stream_limit
 from gateway.services.synthesis import CloneOutcome, ResolvedReference, prepare_clone, synthesize_clone
 
@@ -98,10 +96,8 @@ async def _prepare(request: Request, svc: Services) -> tuple[CloneParams, Synthe
         form = await read_multipart(request, max_file_bytes=limit, file_fields=frozenset({"audio"}))
         params = parse_params(CloneParams, dict(form.fields))
         audio = form.files["audio"].data if "audio" in form.files else None
-    if params.reference_audio_base64:
-        if audio is not None:
-            raise InvalidInput("send the reference once, as audio or as base64", code="conflicting_reference")
-        audio = await anyio.to_thread.run_sync(decode_base64_reference, params.reference_audio_base64, limit)
-        params = params.model_copy(update={"reference_audio_base64": None})
-    synthesis, reference = await prepare_clone(svc, params, audio)
+    # the base64 text goes to intake only: `params` outlives this frame and must not hold it through the queue
+    audio_base64 = params.reference_audio_base64
+    params = params.model_copy(update={"reference_audio_base64": None})
+    synthesis, reference = await prepare_clone(svc, params, audio, audio_base64)
     return params, synthesis, reference

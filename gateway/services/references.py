@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from pathlib import Path
 
 import anyio
 
 from gateway.audio.intake import PreparedReference, prepare_reference, store_reference
-from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge
+from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge, StorageUnavailable
 from gateway.services.context import Services
+
+log = logging.getLogger("gateway.references")
 
 
 def decode_base64_reference(value: str, max_bytes: int) -> bytes:
@@ -46,8 +49,17 @@ async def intake_reference(
             trim_to_max=trim_to_max,
             max_decode_seconds=MAX_DECODE_SECONDS,
         )
-        existed = (settings.refs_dir / f"{ref.sha256}.wav").exists()
-        return ref, store_reference(ref, settings.refs_dir), existed
+        try:
+            existed = (settings.refs_dir / f"{ref.sha256}.wav").exists()  # EACCES raises here too
+            path = store_reference(ref, settings.refs_dir)
+        except OSError as exc:
+            # the operator gets the path and the OS error; the client a 503 without host paths
+            log.error("cannot store reference %s in %s: %s", ref.sha256, settings.refs_dir, exc)
+            raise StorageUnavailable(
+                "the gateway cannot store the reference recording right now (its shared directory is not "
+                "writable); try again later"
+            ) from exc
+        return ref, path, existed
 
     try:
         ref, path, existed = await anyio.to_thread.run_sync(work, limiter=services.intake_limiter)

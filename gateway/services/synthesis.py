@@ -12,7 +12,7 @@ from gateway.errors import InvalidInput
 from gateway.languages import V2_LANGUAGES, normalize_language
 from gateway.services.context import Services
 from gateway.services.params import CloneParams, EngineKnobs
-from gateway.services.references import intake_reference
+from gateway.services.references import decode_base64_reference, intake_reference
 from gateway.settings import ModelWeights
 from gateway.voices.store import Voice
 
@@ -129,8 +129,10 @@ def build_request(
     text_language: str,
     reference: ResolvedReference,
     knobs: EngineKnobs,
+    weights: ModelWeights | None,
 ) -> SynthesisRequest:
-    """Map client fields onto the engine-agnostic request; `text` and `text_language` are already checked."""
+    """Map client fields onto the engine-agnostic request; `text`, `text_language` and `weights` (the request's
+    own model, resolved before any reference work; None → the reference's) are already checked."""
     prompt_code = check_language(services, reference.prompt_language or text_language, "prompt_language")
     return SynthesisRequest(
         text=text,
@@ -149,18 +151,29 @@ def build_request(
         repetition_penalty=knobs.repetition_penalty,
         fragment_interval=knobs.fragment_interval,
         sample_steps=knobs.sample_steps,
-        weights=resolve_weights(services, knobs.model) or reference.weights,
+        weights=weights or reference.weights,
     )
 
 
 async def prepare_clone(
-    services: Services, params: CloneParams, audio: bytes | None
+    services: Services, params: CloneParams, audio: bytes | None, audio_base64: str | None = None
 ) -> tuple[SynthesisRequest, ResolvedReference]:
-    """Validate, take in the reference and build the engine request (shared by JSON and streaming answers)."""
-    if audio is not None and params.voice_id:
+    """Validate, take in the reference and build the engine request (shared by JSON and streaming answers).
+
+    `audio` is an uploaded recording, `audio_base64` the `reference_audio_base64` field (decoded here, after
+    the cheap checks, so a request that would be refused anyway costs no decoding or storing)."""
+    if audio is not None and audio_base64:
+        raise InvalidInput("send the reference once, as audio or as base64", code="conflicting_reference")
+    has_audio = audio is not None or bool(audio_base64)
+    if has_audio and params.voice_id:
         raise InvalidInput("send either a reference recording or 'voice_id', not both", code="conflicting_reference")
-    text = check_text(services, params.text)  # fail fast, before any reference work
+    # fail fast, before any reference work
+    text = check_text(services, params.text)
     text_language = check_language(services, params.text_language, "text_language")
+    weights = resolve_weights(services, params.model)
+    if audio_base64:
+        limit = services.settings.max_upload_bytes
+        audio = await anyio.to_thread.run_sync(decode_base64_reference, audio_base64, limit)
     voice = None if audio is not None else await find_voice(services, params.voice_id)
     reference = await resolve_reference(
         services,
@@ -172,7 +185,7 @@ async def prepare_clone(
         how_to_send="upload 'audio' (or 'reference_audio_base64') or name a 'voice_id'",
     )
     request = build_request(
-        services, text=text, text_language=text_language, reference=reference, knobs=params
+        services, text=text, text_language=text_language, reference=reference, knobs=params, weights=weights
     )
     return request, reference
 
