@@ -241,7 +241,8 @@ def test_a_stream_whose_client_leaves_while_queued_never_reaches_the_engine(
     busy = {"input": LONG, "voice": "low", "stream": True, "response_format": "pcm", "text_language": "en"}
     with httpx.Client(timeout=60) as client, client.stream("POST", f"{url}{route}", json=busy) as first:
         assert first.status_code == 200
-        assert next(first.iter_raw())  # the only engine slot is taken by this stream
+        body = first.iter_raw()  # kept referenced: a dropped iterator would close the connection
+        assert next(body)  # the only engine slot is taken by this stream
         queued = raw_post(url, route, {**busy, "input": SHORT})
         try:
             wait_until(lambda: readyz(url)["queue_depth"] == 1)
