@@ -215,7 +215,7 @@ def test_a_client_that_stops_reading_is_cut_at_the_stream_limit(
         # the client reads nothing: the gateway's socket backs up, so its body generator is stuck in `send`
         wait_until(lambda: send_queue_bytes(gw_port, client_port) > 0, timeout=STREAM_LIMIT + 10)
         # ... and yet the slot comes back at the limit (the engine would need 20 s and more for this text)
-        wait_until(lambda: engine_stats(slow_engine.url)["in_flight"] == 0, timeout=STREAM_LIMIT + 10)
+        wait_until(lambda: engine_stats(slow_engine.url)["in_flight"] == 0, timeout=STREAM_LIMIT + 20)
         wait_until(lambda: readyz(limited_gateway.url)["free_slots"] == 1, timeout=5)
         following = speech(limited_gateway.url, voice="low", response_format="wav", text_language="en")
         assert following.status_code == 200, following.text
