@@ -232,18 +232,22 @@ def test_a_client_that_stops_reading_is_cut_at_the_stream_limit(
 # ---------------------------------------------------------------------------------------------- 499 while queued
 
 
+@pytest.mark.parametrize("route", ["/v1/audio/speech", "/v1/voice-clone"])
 def test_a_stream_whose_client_leaves_while_queued_never_reaches_the_engine(
-    queue_gateway: GatewayServer, slow_engine: EngineProcess
+    queue_gateway: GatewayServer, slow_engine: EngineProcess, gateway: GatewayServer, route: str
 ) -> None:
     url = queue_gateway.url
-    route = "/v1/audio/speech"
     gone_before = requests_counted(url, route, 499)
     busy = {"input": LONG, "voice": "low", "stream": True, "response_format": "pcm", "text_language": "en"}
-    with httpx.Client(timeout=60) as client, client.stream("POST", f"{url}{route}", json=busy) as first:
+    if route == "/v1/audio/speech":
+        waiting: dict[str, Any] = {**busy, "input": SHORT}
+    else:
+        waiting = {"text": SHORT, "voice_id": gateway.app.state.test_voices["low"]["id"], "stream": True}
+    with httpx.Client(timeout=60) as client, client.stream("POST", f"{url}/v1/audio/speech", json=busy) as first:
         assert first.status_code == 200
         body = first.iter_raw()  # kept referenced: a dropped iterator would close the connection
         assert next(body)  # the only engine slot is taken by this stream
-        queued = raw_post(url, route, {**busy, "input": SHORT})
+        queued = raw_post(url, route, waiting)
         try:
             wait_until(lambda: readyz(url)["queue_depth"] == 1)
             seen_by_engine = engine_stats(slow_engine.url)["requests"]
