@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,16 +87,52 @@ def test_voice_creation_errors(gateway: GatewayServer, reference: bytes, tmp_pat
     assert_error(create(gateway.url, reference, "Path", ref_audio_path="/etc/passwd"), 422, "engine_path_not_allowed")
 
 
-@pytest.mark.parametrize("hostile", ["..", "../../etc/passwd", "%2e%2e%2fvoices", "voice_../../x", "a%00b"])
-def test_hostile_ids_never_escape(gateway: GatewayServer, hostile: str) -> None:
-    for method in ("GET", "DELETE"):
-        response = httpx.request(method, f"{gateway.url}/v1/voices/{hostile}")
-        assert response.status_code in (404, 405), response.text
-        if response.status_code == 404:
-            assert response.json()["error"]["code"] in {"voice_not_found", "not_found"}
-    response = httpx.get(f"{gateway.url}/v1/voices/{hostile}/audio")
-    assert response.status_code == 404
-    assert b"root:" not in response.content
+def raw_request(url: str, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request with `path` sent byte for byte: httpx would normalise `..` and `%2e%2e` away
+    before sending, so the route would never see them."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines)
+    return int(status_line.split(" ")[1]), headers, body
+
+
+def tree_snapshot(top: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file and directory under `top` with its mtime and content (directories: empty content)."""
+    return {str(p.relative_to(top)): (p.stat().st_mtime_ns, b"" if p.is_dir() else p.read_bytes())
+            for p in sorted(top.rglob("*"))}
+
+
+#: One path segment after decoding: these reach the voice routes, which must answer voice_not_found.
+HOSTILE_IDS = ["..", "%2e%2e", "%2E%2E", ".", "voice_..", "a%00b", "..%5c..%5cx", "voice_0000000000000000%00",
+               "voice_0000000000000000.json"]
+#: They decode to several segments: no voice route matches, so the router answers a plain not_found.
+HOSTILE_PATHS = ["../../etc/passwd", "%2e%2e%2fvoices", "voice_../../x", "..%2F..%2Fetc%2Fpasswd", "../default"]
+
+
+def test_hostile_ids_sent_as_raw_paths_never_escape(gateway: GatewayServer, reference: bytes, tmp_path: Path) -> None:
+    kept = create(gateway.url, reference, "Kept").json()
+    (tmp_path / "x.json").write_text("{}")  # where a traversal from the voices dir could land
+    before = tree_snapshot(tmp_path)
+    for hostile in HOSTILE_IDS + HOSTILE_PATHS:
+        for method, suffix in (("GET", ""), ("DELETE", ""), ("GET", "/audio")):
+            status, headers, body = raw_request(gateway.url, method, f"/v1/voices/{hostile}{suffix}")
+            where = f"{method} /v1/voices/{hostile}{suffix}"
+            assert status == 404, (where, body)
+            error = json.loads(body)["error"]
+            assert error["request_id"] == headers["x-request-id"], where
+            if hostile in HOSTILE_IDS:
+                assert error["code"] == "voice_not_found" and error["message"].startswith("no voice with id "), (
+                    where, error)
+            else:
+                assert (error["code"], error["message"]) == ("not_found", "Not Found"), (where, error)
+    assert tree_snapshot(tmp_path) == before  # nothing created, changed or deleted, inside or outside
+    assert [v["id"] for v in httpx.get(f"{gateway.url}/v1/voices").json()["voices"]] == [kept["id"]]
 
 
 def test_voices_survive_a_restart_and_concurrent_creation(
@@ -105,11 +143,14 @@ def test_voices_survive_a_restart_and_concurrent_creation(
         fast_settings(shared, [engine.url])
     ) as second:
         names = [f"voice {i}" for i in range(12)]
+        # every name goes to both gateways back to back: its two copies race through two stores on one dir
+        jobs = [(name, gw) for name in names for gw in (first, second)]
         with concurrent.futures.ThreadPoolExecutor(8) as workers:
-            # two gateways write the same library at once, racing on every name
-            results = list(workers.map(lambda n: create((first, second)[hash(n) % 2].url, reference, n), names * 2))
-        codes = sorted(r.status_code for r in results)
-        assert codes == [201] * 12 + [409] * 12, codes
+            results = list(workers.map(lambda job: create(job[1].url, reference, job[0]), jobs))
+        for name in names:
+            answers = [r for (n, _), r in zip(jobs, results, strict=True) if n == name]
+            assert sorted(r.status_code for r in answers) == [201, 409], (name, [r.text for r in answers])
+            assert_error(next(r for r in answers if r.status_code == 409), 409, "voice_name_taken")
     with running_gateway(fast_settings(shared, [engine.url])) as restarted:
         listed = httpx.get(f"{restarted.url}/v1/voices").json()["voices"]
         assert sorted(v["name"] for v in listed) == sorted(names)

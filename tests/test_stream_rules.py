@@ -1,0 +1,343 @@
+"""Rules of the streaming path and the OpenAI speech route, each pinned by a test that fails when it breaks.
+
+Real CPU engines and real gateways on real sockets. Engines and gateways are shared per module; every
+gateway here uses one shared dir, so the voices created once ("low", "high") are visible to all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import pyworld
+
+from tests.gateway_support import GatewayServer, fast_settings, running_gateway
+from tests.support import (
+    EngineProcess,
+    assert_error,
+    assert_speech,
+    decode_wav,
+    engine_stats,
+    make_reference,
+    pcm16,
+    read_until_abort,
+    running_engine,
+    set_engine_faults,
+    wait_until,
+)
+
+SHORT = "A short sentence for the rules."
+# ~40 text segments: with the slow engine's 0.5 s per segment the stream would last 20 s and more
+LONG = " ".join(f"Sentence number {n} is spoken here slowly." for n in range(40))
+# The stream time limit of the gateway used for the slow-reader rule (GATEWAY_MAX_REQUEST_SECONDS)
+STREAM_LIMIT = 8.0
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def median_f0(samples: np.ndarray, rate: int) -> float:
+    """Median F0 of the voiced frames, measured independently of the engine (WORLD Harvest)."""
+    f0, _ = pyworld.harvest(samples.astype(np.float64), rate, f0_floor=50.0, f0_ceil=500.0)
+    return float(np.median(f0[f0 > 0]))
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def raw_post(url: str, path: str, body: dict[str, Any], *, slow_reader: bool = False) -> socket.socket:
+    """Send a JSON POST on a raw socket and return it unread. `slow_reader`: a tiny receive window and a
+    tiny segment size, so the server's send queue fills after a few kB instead of megabytes."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if slow_reader:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+    sock.connect(("127.0.0.1", port_of(url)))
+    data = json.dumps(body).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n")
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+def send_queue_bytes(server_port: int, client_port: int) -> int:
+    """Bytes the server's socket to this client holds unsent (the tx_queue of /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, queues = fields[1], fields[2], fields[4]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            return int(queues.split(":")[0], 16)
+    return 0
+
+
+def read_to_eof(sock: socket.socket, timeout: float = 30.0) -> bytes:
+    sock.settimeout(timeout)
+    received = bytearray()
+    while chunk := sock.recv(65536):
+        received.extend(chunk)
+    return bytes(received)
+
+
+def requests_counted(gateway_url: str, route: str, status: int) -> float:
+    """`gateway_requests_total{route, status}` from the gateway's /metrics (0 when absent)."""
+    text = httpx.get(f"{gateway_url}/metrics", timeout=10).text
+    pattern = rf'^gateway_requests_total\{{route="{re.escape(route)}",status="{status}"\}} (\S+)$'
+    match = re.search(pattern, text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def readyz(gateway_url: str) -> dict[str, Any]:
+    return dict(httpx.get(f"{gateway_url}/readyz", timeout=10).json())
+
+
+def speech(gateway_url: str, **body: Any) -> httpx.Response:
+    return httpx.post(f"{gateway_url}/v1/audio/speech", json={"input": SHORT, **body}, timeout=120)
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("shared")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[EngineProcess]:
+    with running_engine("--debug-routes", flavor="v2") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def gateway(engine: EngineProcess, shared: Path) -> Iterator[GatewayServer]:
+    """The main gateway; creates the voices "low" (110 Hz reference) and "high" (220 Hz) for the module."""
+    with running_gateway(fast_settings(shared, [engine.url])) as gw:
+        voices = {}
+        for name, f0 in (("low", 110.0), ("high", 220.0)):
+            ref = make_reference(shared / f"src-{name}.wav", seconds=5.0, f0=f0).read_bytes()
+            created = httpx.post(f"{gw.url}/v1/voices", files={"audio": ("ref.wav", ref)}, timeout=60,
+                                 data={"name": name, "prompt_text": "A short sample.", "prompt_language": "en"})
+            assert created.status_code == 201, created.text
+            voices[name] = created.json()
+        gw.app.state.test_voices = voices
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def slow_engine() -> Iterator[EngineProcess]:
+    """An engine that spends 0.5 s per text segment: long texts make long streams."""
+    with running_engine("--debug-routes", "--segment-delay", "0.5", flavor="v2") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def limited_gateway(slow_engine: EngineProcess, shared: Path, gateway: GatewayServer) -> Iterator[GatewayServer]:
+    """On the slow engine, with a short stream time limit."""
+    with running_gateway(fast_settings(shared, [slow_engine.url], max_request_seconds=STREAM_LIMIT)) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def queue_gateway(slow_engine: EngineProcess, shared: Path, gateway: GatewayServer) -> Iterator[GatewayServer]:
+    """On the slow engine, with the default (long) limits."""
+    with running_gateway(fast_settings(shared, [slow_engine.url])) as gw:
+        yield gw
+
+
+# ---------------------------------------------------------------------------------------------- rule 6
+
+
+def test_openai_stock_voice_names_mean_the_default_voice(gateway: GatewayServer) -> None:
+    voices = gateway.app.state.test_voices
+    assert_error(speech(gateway.url, voice="alloy"), 404, "voice_not_found", contains="'alloy' does not exist")
+    high = voices["high"]
+    assert httpx.put(f"{gateway.url}/v1/voices/default", json={"voice_id": high["id"]}).status_code == 200
+    try:
+        for stock in ("alloy", "Shimmer"):
+            response = speech(gateway.url, voice=stock, response_format="wav", text_language="en")
+            assert response.status_code == 200, response.text
+            assert response.headers["x-voice-id"] == high["id"]
+            assert response.headers["x-reference-id"] == high["reference_sha256"]
+            samples, rate = decode_wav(response.content)
+            assert_speech(samples, rate, expected_rate=32000, min_seconds=0.8, max_seconds=8.0)
+            # the engine got the default voice's 220 Hz reference, not the 110 Hz one of "low"
+            assert median_f0(samples, rate) == pytest.approx(220.0, rel=0.12)
+        # a name that is no stock voice still does not fall back
+        assert_error(speech(gateway.url, voice="nobody"), 404, "voice_not_found", contains="'nobody' does not exist")
+    finally:
+        httpx.delete(f"{gateway.url}/v1/voices/default")
+
+
+# ---------------------------------------------------------------------------------------------- rule 7
+
+
+@pytest.mark.parametrize("route", ["/v1/audio/speech", "/v1/voice-clone"])
+def test_engine_abort_mid_stream_aborts_the_client_stream(
+    gateway: GatewayServer, engine: EngineProcess, route: str
+) -> None:
+    voice = gateway.app.state.test_voices["low"]
+    if route == "/v1/audio/speech":
+        kwargs: dict[str, Any] = {"json": {"input": LONG[:400], "voice": "low", "stream": True,
+                                           "response_format": "wav", "text_language": "en"}}
+    else:
+        kwargs = {"data": {"text": LONG[:400], "voice_id": voice["id"], "stream": "true", "text_language": "en"}}
+    set_engine_faults(engine.url, fault="truncate")
+    try:
+        response, body = read_until_abort("POST", f"{gateway.url}{route}", **kwargs)
+    finally:
+        set_engine_faults(engine.url, fault=None)
+    assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
+    # the engine's first chunk went through before its abort: this was mid-stream, not before the answer
+    assert body[:4] == b"RIFF" and len(body) > 44 + 3200, len(body)
+    wait_until(lambda: readyz(gateway.url)["engines"][0]["in_flight"] == 0)
+
+
+# ---------------------------------------------------------------------------------------------- rule 8
+
+
+def test_a_client_that_stops_reading_is_cut_at_the_stream_limit(
+    limited_gateway: GatewayServer, slow_engine: EngineProcess
+) -> None:
+    gw_port = port_of(limited_gateway.url)
+    body = {"input": LONG, "voice": "low", "stream": True, "response_format": "pcm", "text_language": "en"}
+    sock = raw_post(limited_gateway.url, "/v1/audio/speech", body, slow_reader=True)
+    try:
+        wait_until(lambda: engine_stats(slow_engine.url)["in_flight"] == 1)
+        client_port = sock.getsockname()[1]
+        # the client reads nothing: the gateway's socket backs up, so its body generator is stuck in `send`
+        wait_until(lambda: send_queue_bytes(gw_port, client_port) > 0, timeout=STREAM_LIMIT + 10)
+        # ... and yet the slot comes back at the limit (the engine would need 20 s and more for this text)
+        wait_until(lambda: engine_stats(slow_engine.url)["in_flight"] == 0, timeout=STREAM_LIMIT + 20)
+        wait_until(lambda: readyz(limited_gateway.url)["free_slots"] == 1, timeout=5)
+        following = speech(limited_gateway.url, voice="low", response_format="wav", text_language="en")
+        assert following.status_code == 200, following.text
+        samples, rate = decode_wav(following.content)
+        assert_speech(samples, rate, expected_rate=32000, min_seconds=0.8, max_seconds=8.0)
+        # what the stuck client finally reads is an aborted chunked body (no terminating chunk)
+        received = read_to_eof(sock)
+        assert received.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in received.lower()
+        assert not received.endswith(b"\r\n0\r\n\r\n"), "the stream ended cleanly; it should have been cut"
+    finally:
+        sock.close()
+
+
+# ---------------------------------------------------------------------------------------------- 499 while queued
+
+
+@pytest.mark.parametrize("route", ["/v1/audio/speech", "/v1/voice-clone"])
+def test_a_stream_whose_client_leaves_while_queued_never_reaches_the_engine(
+    queue_gateway: GatewayServer, slow_engine: EngineProcess, gateway: GatewayServer, route: str
+) -> None:
+    url = queue_gateway.url
+    gone_before = requests_counted(url, route, 499)
+    busy = {"input": LONG, "voice": "low", "stream": True, "response_format": "pcm", "text_language": "en"}
+    if route == "/v1/audio/speech":
+        waiting: dict[str, Any] = {**busy, "input": SHORT}
+    else:
+        waiting = {"text": SHORT, "voice_id": gateway.app.state.test_voices["low"]["id"], "stream": True}
+    with httpx.Client(timeout=60) as client, client.stream("POST", f"{url}/v1/audio/speech", json=busy) as first:
+        assert first.status_code == 200
+        body = first.iter_raw()  # kept referenced: a dropped iterator would close the connection
+        assert next(body)  # the only engine slot is taken by this stream
+        queued = raw_post(url, route, waiting)
+        try:
+            wait_until(lambda: readyz(url)["queue_depth"] == 1)
+            seen_by_engine = engine_stats(slow_engine.url)["requests"]
+        finally:
+            queued.close()  # the client leaves while its stream waits for a slot
+        wait_until(lambda: readyz(url)["queue_depth"] == 0, timeout=10)
+        wait_until(lambda: requests_counted(url, route, 499) == gone_before + 1, timeout=10)
+    # The first client left too; the next request is served, and it is the only one the engine saw since:
+    # a waiter wrongly kept would have been dispatched before it (the queue is FIFO).
+    following = speech(url, voice="low", response_format="wav", text_language="en")
+    assert following.status_code == 200, following.text
+    samples, rate = decode_wav(following.content)
+    assert_speech(samples, rate, expected_rate=32000, min_seconds=0.8, max_seconds=8.0)
+    assert engine_stats(slow_engine.url)["requests"] == seen_by_engine + 1
+
+
+# ---------------------------------------------------------------------------------------------- speech route
+
+
+def test_sse_stream_format_is_refused(gateway: GatewayServer) -> None:
+    response = speech(gateway.url, voice="low", stream=True, response_format="pcm", stream_format="sse")
+    assert_error(response, 422, "invalid_request", contains="stream_format: Input should be 'audio'")
+
+
+def test_speed_reaches_the_engine(gateway: GatewayServer) -> None:
+    durations = {}
+    for speed in (0.5, 1.0, 2.0):
+        response = speech(gateway.url, voice="low", response_format="wav", text_language="en", speed=speed)
+        assert response.status_code == 200, response.text
+        samples, rate = decode_wav(response.content)
+        assert_speech(samples, rate, expected_rate=32000, min_seconds=0.5, max_seconds=12.0)
+        durations[speed] = len(samples) / rate
+        assert float(response.headers["x-audio-duration"]) == pytest.approx(durations[speed], abs=0.01)
+    assert durations[2.0] < 0.8 * durations[1.0] < 0.8 * 0.8 * durations[0.5], durations
+
+
+@pytest.mark.parametrize(("fmt", "content_type"), [("wav", "audio/wav"), ("pcm", "audio/pcm")])
+def test_streamed_content_type_per_format(gateway: GatewayServer, fmt: str, content_type: str) -> None:
+    response = speech(gateway.url, voice="low", stream=True, response_format=fmt, text_language="en")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == content_type
+    samples, rate = decode_wav(response.content) if fmt == "wav" else (pcm16(response.content), 32000)
+    assert_speech(samples, rate, expected_rate=32000, min_seconds=0.8, max_seconds=8.0)
+
+
+def test_oversized_bodies_are_413(engine: EngineProcess, shared: Path, gateway: GatewayServer) -> None:
+    limit = 100_000
+    big = make_reference(shared / "big-src.wav", seconds=4.0).read_bytes()
+    assert len(big) > limit
+    voices_dir = shared / "voices"
+    before = sorted(p.relative_to(voices_dir) for p in voices_dir.rglob("*"))
+    with running_gateway(fast_settings(shared, [engine.url], max_upload_bytes=limit)) as gw:
+        response = httpx.post(f"{gw.url}/v1/audio/speech", data={"input": SHORT, "text_language": "en"},
+                              files={"reference_audio": ("r.wav", big)}, timeout=60)
+        error = assert_error(response, 413, "payload_too_large",
+                             contains=f"'reference_audio' is larger than the {limit} byte limit")
+        assert error["limit_bytes"] == limit
+        response = httpx.post(f"{gw.url}/v1/audio/speech", json={"input": "x" * 1_100_000, "voice": "low"},
+                              timeout=60)
+        assert_error(response, 413, "payload_too_large", contains="the limit is 1000000 bytes")
+        response = httpx.post(f"{gw.url}/v1/voices", data={"name": "too big", "prompt_language": "en"},
+                              files={"audio": ("r.wav", big)}, timeout=60)
+        error = assert_error(response, 413, "payload_too_large",
+                             contains=f"'audio' is larger than the {limit} byte limit")
+        assert error["limit_bytes"] == limit
+    assert sorted(p.relative_to(voices_dir) for p in voices_dir.rglob("*")) == before  # no claim, no record
+
+
+# ---------------------------------------------------------------------------------------------- api.py engines
+
+
+def test_api_py_engine_streams_through_the_gateway(tmp_path: Path) -> None:
+    ref = make_reference(tmp_path / "ref.wav", seconds=5.0).read_bytes()
+    text = "An api dot py engine answers in one piece. The gateway streams it on."
+    with running_engine(flavor="v1") as engine, running_gateway(fast_settings(tmp_path, [engine.url])) as gw:
+        response = httpx.post(
+            f"{gw.url}/v1/audio/speech",
+            data={"input": text, "stream": "true", "response_format": "wav", "text_language": "en",
+                  "reference_text": "A sample of my voice.", "prompt_language": "en"},
+            files={"reference_audio": ("r.wav", ref)}, timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "audio/wav" and response.headers["x-sample-rate"] == "32000"
+        samples, rate = decode_wav(response.content)
+        assert_speech(samples, rate, expected_rate=32000, min_seconds=2.0, max_seconds=12.0)
+        response = httpx.post(
+            f"{gw.url}/v1/voice-clone",
+            data={"text": text, "stream": "true", "text_language": "en", "prompt_text": "A sample of my voice."},
+            files={"audio": ("r.wav", ref)}, timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        samples, rate = decode_wav(response.content)
+        assert_speech(samples, rate, expected_rate=32000, min_seconds=2.0, max_seconds=12.0)
