@@ -32,13 +32,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.refs_dir.mkdir(parents=True, exist_ok=True)
         settings.voices_dir.mkdir(parents=True, exist_ok=True)
+        voice_store = VoiceStore(settings.voices_dir, settings.refs_dir)
+        # temp files of writers killed mid-write (here or in another replica) would otherwise stay for ever
+        await anyio.to_thread.run_sync(voice_store.sweep_stale_temps)
         pool = EnginePool(settings, metrics)
         await pool.start()
         app.state.services = Services(
             settings=settings,
             metrics=metrics,
             pool=pool,
-            voices=VoiceStore(settings.voices_dir, settings.refs_dir),
+            voices=voice_store,
             intake_limiter=anyio.CapacityLimiter(max(2, os.cpu_count() or 2)),
         )
         log.info("gateway ready: engines=%s shared_dir=%s", ",".join(settings.engines), settings.shared_dir)

@@ -1,6 +1,7 @@
 """Request limits through the HTTP API: form parts and field caps, body caps, audio length, text length,
-the reference window, an unknown model refused before any reference work, and `/readyz` and uploads
-(503 `storage_unavailable`) when the shared dir cannot be written.
+the reference window, an unknown model or language refused before any reference work, one multipart body
+allowance with or without a Content-Length, and `/readyz` and uploads (503 `storage_unavailable`) when the
+shared dir cannot be written.
 
 One CPU engine subprocess and one gateway on a real socket for the module, started with tight limits so
 every cap can be hit on both sides of its edge (just inside: the request gets past the cap and fails on a
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.api.uploads import MAX_FIELD_BYTES, MAX_FIELDS_TOTAL_BYTES
+from gateway.api.uploads import MAX_FIELD_BYTES, MAX_FIELDS_TOTAL_BYTES, MULTIPART_OVERHEAD_BYTES
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
 from tests.support import assert_error, make_reference, running_engine, wait_until
 
@@ -335,3 +336,50 @@ def test_unknown_model_is_refused_before_any_reference_work(gateway: GatewayServ
     # a base64 reference is not even decoded: the model is refused first
     body = json.dumps({"text": TEXT, "text_language": "en", "model": "nobody", "reference_audio_base64": "!!!"})
     assert_error(post_json(gateway.url, body.encode()), 422, "unknown_model", contains=unknown)
+
+
+# ------------------------------------------------------------------------------ refused before reference work
+
+
+@pytest.mark.parametrize(("route", "field", "f0"), [("voice-clone", "prompt_language", 180.0),
+                                                    ("speech", "text_language", 190.0),
+                                                    ("speech", "prompt_language", 200.0)])
+def test_unsupported_language_is_refused_before_any_reference_work(
+    gateway: GatewayServer, refs: Path, route: str, field: str, f0: float
+) -> None:
+    refs_dir = gateway.settings.refs_dir
+    # a reference no other test uploads, so storing it would add a file
+    reference = make_reference(refs / f"language-{route}-{field}.wav", seconds=5.0, f0=f0).read_bytes()
+    before = sorted(refs_dir.iterdir())
+    if route == "voice-clone":
+        response = clone(gateway.url, reference, **{field: "klingon"})
+    else:
+        data = {"model": "gpt-sovits", "input": TEXT, "response_format": "wav", field: "klingon"}
+        files = {"reference_audio": ("ref.wav", reference, "audio/wav")}
+        response = httpx.post(f"{gateway.url}/v1/audio/speech", data=data, files=files, timeout=120)
+    error = assert_error(response, 422, "unsupported_language",
+                         contains=f"{field} 'klingon' is not supported by the engines; use one of: ")
+    assert error["field"] == field
+    assert sorted(refs_dir.iterdir()) == before  # not decoded into the shared dir
+
+
+# ------------------------------------------------------------------------------------ multipart body cap
+
+
+def test_multipart_body_allowance_is_the_same_with_or_without_a_content_length(gateway: GatewayServer) -> None:
+    allowance = MAX_UPLOAD + MAX_FIELDS_TOTAL_BYTES + MULTIPART_OVERHEAD_BYTES  # one file field on this route
+    form, content_type = multipart([("text", TEXT.encode(), None), ("text_language", b"en", None)])
+
+    def post(size: int, send_chunked: bool) -> httpx.Response:
+        # padded with an epilogue (which the parser discards): no part passes its own cap, only the body can
+        body = form + b"x" * (size - len(form))
+        return httpx.post(f"{gateway.url}/v1/voice-clone", content=chunked(body) if send_chunked else body,
+                          headers={"Content-Type": content_type}, timeout=60)
+
+    for send_chunked in (False, True):
+        # at the allowance the body is read whole: the form then lacks a reference
+        assert_error(post(allowance, send_chunked), 422, "missing_reference")
+        error = assert_error(post(allowance + 1, send_chunked), 413, "payload_too_large")
+        assert error["message"] == (f"request body is larger than the {allowance} byte limit for this form "
+                                    f"(files up to {MAX_UPLOAD} bytes each, plus form fields)")
+        assert error["limit_bytes"] == allowance

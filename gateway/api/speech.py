@@ -26,6 +26,7 @@ from gateway.services.synthesis import (
     ResolvedReference,
     build_request,
     check_language,
+    check_named_languages,
     check_text,
     resolve_reference,
 )
@@ -103,6 +104,7 @@ async def _prepare(request: Request, svc: Services) -> tuple[SpeechParams, Synth
         audio = form.files["reference_audio"].data if "reference_audio" in form.files else None
     _check_format(params)
     text = check_text(svc, params.input)
+    check_named_languages(svc, text_language=params.text_language, prompt_language=params.prompt_language)
     # an uploaded reference wins over `voice` (the SDK always sends a voice)
     voice = None if audio is not None else await anyio.to_thread.run_sync(_voice_for, svc, params.voice)
     reference = await resolve_reference(

@@ -23,6 +23,8 @@ MAX_FIELD_BYTES = 256 * 1024
 #: All text fields together, and how many parts a form may have: the whole body stays bounded.
 MAX_FIELDS_TOTAL_BYTES = 1024 * 1024
 MAX_PARTS = 64
+#: Boundaries and part headers: about 1 KiB for each of MAX_PARTS parts.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 #: After refusing an upload we keep reading (and discarding) this much so the client can read our 413.
 DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
 
@@ -132,6 +134,15 @@ def is_json(request: Request) -> bool:
     return content_type.lower() == b"application/json"
 
 
+def multipart_allowance(max_file_bytes: int, file_fields: frozenset[str]) -> int:
+    """The most a multipart body may hold: every file at its cap, the text fields at theirs, the framing.
+
+    One number whether the body declares its length (refused up front) or arrives chunked (cut off once
+    it passes): the part caps decide what fits, this only bounds what they never see (preamble, epilogue).
+    """
+    return max_file_bytes * max(1, len(file_fields)) + MAX_FIELDS_TOTAL_BYTES + MULTIPART_OVERHEAD_BYTES
+
+
 def _declared_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     return int(value) if value and value.isdigit() else None
@@ -153,13 +164,16 @@ async def read_multipart(request: Request, *, max_file_bytes: int, file_fields: 
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise UnsupportedMedia("expected a multipart/form-data body with a boundary")
+    allowance = multipart_allowance(max_file_bytes, file_fields)
+    too_large = PayloadTooLarge(
+        f"request body is larger than the {allowance} byte limit for this form "
+        f"(files up to {max_file_bytes} bytes each, plus form fields)",
+        limit_bytes=allowance,
+    )
     declared = _declared_length(request)
-    if declared is not None and declared > max_file_bytes + 2 * MAX_FIELD_BYTES:
+    if declared is not None and declared > allowance:
         await _drain(request)
-        raise PayloadTooLarge(
-            f"request body is {declared} bytes; the upload limit is {max_file_bytes} bytes",
-            limit_bytes=max_file_bytes,
-        )
+        raise too_large
     builder = _FormBuilder(max_file_bytes, file_fields)
     callbacks = {
         name: getattr(builder, name)
@@ -167,13 +181,12 @@ async def read_multipart(request: Request, *, max_file_bytes: int, file_fields: 
                      "on_header_end", "on_headers_finished")
     }
     parser = MultipartParser(boundary, callbacks=callbacks)  # type: ignore[arg-type]
-    limit = max_file_bytes * max(1, len(file_fields)) + MAX_FIELDS_TOTAL_BYTES
     received = 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
-            if received > limit:
-                raise PayloadTooLarge(f"request body is larger than {limit} bytes", limit_bytes=max_file_bytes)
+            if received > allowance:
+                raise too_large
             parser.write(chunk)
         parser.finalize()
     except ClientDisconnect as exc:

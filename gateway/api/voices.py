@@ -13,6 +13,7 @@ from gateway.api.uploads import read_json, read_multipart
 from gateway.errors import InvalidInput
 from gateway.services.references import intake_reference
 from gateway.services.synthesis import check_language, resolve_weights
+from gateway.services.voices import write_library
 from gateway.voices.store import Voice
 
 router = APIRouter(prefix="/v1/voices", tags=["voices"])
@@ -49,7 +50,9 @@ async def create_voice(request: Request) -> Voice:
     language = check_language(svc, fields.prompt_language, "prompt_language")
     weights = resolve_weights(svc, fields.model)
     reference, _ = await intake_reference(svc, upload.data, trim_to_max=fields.trim_reference)
-    return await anyio.to_thread.run_sync(
+    return await write_library(
+        svc,
+        "save the voice",
         lambda: svc.voices.create(
             name=fields.name,
             reference=reference,
@@ -57,7 +60,7 @@ async def create_voice(request: Request) -> Voice:
             prompt_language=language,
             description=fields.description,
             weights=weights,
-        )
+        ),
     )
 
 
@@ -80,13 +83,15 @@ async def get_default(request: Request) -> DefaultVoice:
 )
 async def set_default(request: Request) -> DefaultVoice:
     body = parse_params(DefaultVoice, await read_json(request, max_bytes=10_000))
-    await anyio.to_thread.run_sync(services(request).voices.set_default, body.voice_id)
+    svc = services(request)
+    await write_library(svc, "save the default voice", lambda: svc.voices.set_default(body.voice_id))
     return body
 
 
 @router.delete("/default", status_code=204, summary="Clear the default voice")
 async def clear_default(request: Request) -> Response:
-    await anyio.to_thread.run_sync(services(request).voices.set_default, None)
+    svc = services(request)
+    await write_library(svc, "save the default voice", lambda: svc.voices.set_default(None))
     return Response(status_code=204)
 
 
@@ -104,5 +109,6 @@ async def get_voice_audio(request: Request, voice_id: str) -> FileResponse:
 
 @router.delete("/{voice_id}", status_code=204, summary="Delete a voice (its reference file stays shared)")
 async def delete_voice(request: Request, voice_id: str) -> Response:
-    await anyio.to_thread.run_sync(services(request).voices.delete, voice_id)
+    svc = services(request)
+    await write_library(svc, "delete the voice", lambda: svc.voices.delete(voice_id))
     return Response(status_code=204)

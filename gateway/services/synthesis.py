@@ -53,6 +53,14 @@ def check_language(services: Services, value: str, field_name: str) -> str:
     return code
 
 
+def check_named_languages(services: Services, **fields: str | None) -> None:
+    """Check the languages a client named before any reference work, so a refusal decodes and stores nothing
+    (a language left unnamed comes from the voice later and is checked then)."""
+    for field_name, value in fields.items():
+        if value is not None:
+            check_language(services, value, field_name)
+
+
 def check_text(services: Services, text: str) -> str:
     """Refuse text with nothing to speak up front: the engine would answer its silence placeholder."""
     if not any(ch.isalnum() for ch in text):
@@ -170,6 +178,7 @@ async def prepare_clone(
     # fail fast, before any reference work
     text = check_text(services, params.text)
     text_language = check_language(services, params.text_language, "text_language")
+    check_named_languages(services, prompt_language=params.prompt_language)
     weights = resolve_weights(services, params.model)
     if audio_base64:
         limit = services.settings.max_upload_bytes

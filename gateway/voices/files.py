@@ -16,6 +16,15 @@ from pathlib import Path
 
 log = logging.getLogger("gateway.voices")
 
+#: A temp file untouched this long belongs to a writer that died (SIGKILL, SIGXFSZ, power loss). A live
+#: write (data already in memory: at most one capped reference plus fsync) ends within seconds even on slow NFS;
+#: 10 minutes also absorbs clock skew between replicas (NFS stamps mtime with the server's clock). Were a
+#: live temp ever swept, that one write fails cleanly (its request gets a 503): nothing is corrupted.
+STALE_TEMP_SECONDS = 600.0
+#: Our temp names: `.<target>.<random>.tmp` (write_atomic, try_claim, references). A claim moved aside by
+#: release_claim (`.released`) keeps the claim's old mtime while in use, so age cannot tell it is dead: kept.
+_TEMP_SUFFIX = ".tmp"
+
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so readers see either the old file or the complete new one, never a part."""
@@ -120,3 +129,34 @@ def release_claim(path: Path, expected_holder: str) -> bool:
     finally:
         with contextlib.suppress(OSError):
             aside.unlink()
+
+
+def sweep_stale_temps(directory: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete our hidden temp files in `directory` not modified for `older_than` seconds; the removed paths.
+
+    Other hidden files (e.g. NFS's `.nfsXXXX`) and every visible file are left alone. Errors are logged,
+    never raised: a sweep that cannot run must not keep the gateway from starting.
+    """
+    removed: list[Path] = []
+    cutoff = time.time() - older_than
+    try:
+        with os.scandir(directory) as listing:
+            entries = [entry for entry in listing if entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX)]
+    except OSError as exc:
+        log.warning("cannot sweep temp files in %s: %s", directory, exc)
+        return removed
+    for entry in entries:
+        try:
+            mtime = entry.stat(follow_symlinks=False).st_mtime
+            if not entry.is_file(follow_symlinks=False) or mtime > cutoff:
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue  # another replica swept it first
+        except OSError as exc:
+            log.warning("cannot remove stale temp file %s: %s", entry.path, exc)
+            continue
+        log.warning("removed stale temp file %s (%.0f s old; its writer died mid-write)", entry.path,
+                    time.time() - mtime)
+        removed.append(Path(entry.path))
+    return removed

@@ -36,6 +36,7 @@ from gateway.voices.files import (
     claim_holder,
     read_text_or_none,
     release_claim,
+    sweep_stale_temps,
     try_claim,
     write_atomic,
 )
@@ -168,7 +169,7 @@ class VoiceStore:
             store_reference(reference, self.refs_dir)
             write_atomic(self._voice_path(voice.id), voice.model_dump_json(exclude={"is_default"}).encode())
         except BaseException:
-            release_claim(claim, voice.id)
+            self._release_or_leave_stale(claim, voice.id)
             raise
         log.info("created voice %s (%s)", voice.id, voice.name)
         return voice
@@ -180,7 +181,7 @@ class VoiceStore:
             self._voice_path(voice.id).unlink()
         except FileNotFoundError:
             raise _not_found(f"with id {_shown(voice_id)}") from None
-        release_claim(self._claim_path(voice.name), voice.id)
+        self._release_or_leave_stale(self._claim_path(voice.name), voice.id)  # the voice is gone either way
         log.info("deleted voice %s (%s)", voice.id, voice.name)
 
     def set_default(self, voice_id: str | None) -> None:
@@ -190,6 +191,14 @@ class VoiceStore:
             return
         voice = self.get(voice_id)
         write_atomic(self._default_marker, voice.id.encode("ascii"))
+
+    def sweep_stale_temps(self) -> builtins.list[Path]:
+        """Remove temp files left by writers that died mid-write (run at startup); the removed paths."""
+        return [
+            path
+            for directory in (self.root, self._names_dir, self.refs_dir)
+            for path in sweep_stale_temps(directory)
+        ]
 
     # --- reads
 
@@ -277,6 +286,14 @@ class VoiceStore:
         text = read_text_or_none(self._default_marker)
         voice_id = text.strip() if text else ""
         return voice_id if is_voice_id(voice_id) else None
+
+    def _release_or_leave_stale(self, claim: Path, voice_id: str) -> None:
+        """Free a name; if the directory refuses even that, the claim (with no voice file) is reclaimed once
+        stale, and the caller's own error, not this one, is what gets reported."""
+        try:
+            release_claim(claim, voice_id)
+        except OSError as exc:
+            log.warning("cannot release name claim %s of %s (reclaimed once stale): %s", claim, voice_id, exc)
 
     def _claim_name(self, claim: Path, voice_id: str) -> bool:
         """Take the name for `voice_id`; reclaim it once if its holder crashed before saving."""
