@@ -6,18 +6,23 @@ gateway here uses one shared dir, so the voices created once ("low", "high") are
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import socket
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-import pyworld
 
+from gateway.engine.stream import STOP_GRACE_MAX, EngineStream
+from gateway.engine.types import EngineInfo
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
 from tests.support import (
     EngineProcess,
@@ -26,6 +31,7 @@ from tests.support import (
     decode_wav,
     engine_stats,
     make_reference,
+    measured_median_f0,
     pcm16,
     read_until_abort,
     running_engine,
@@ -41,12 +47,6 @@ STREAM_LIMIT = 8.0
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def median_f0(samples: np.ndarray, rate: int) -> float:
-    """Median F0 of the voiced frames, measured independently of the engine (WORLD Harvest)."""
-    f0, _ = pyworld.harvest(samples.astype(np.float64), rate, f0_floor=50.0, f0_ceil=500.0)
-    return float(np.median(f0[f0 > 0]))
 
 
 def port_of(url: str) -> int:
@@ -84,6 +84,31 @@ def read_to_eof(sock: socket.socket, timeout: float = 30.0) -> bytes:
     while chunk := sock.recv(65536):
         received.extend(chunk)
     return bytes(received)
+
+
+class LogRecords(logging.Handler):
+    """Collects the records of some loggers (from any thread, e.g. the gateway's uvicorn thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._guard = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._guard:
+            self.records.append(record)
+
+
+@contextmanager
+def captured_logs(*names: str) -> Iterator[LogRecords]:
+    handler = LogRecords()
+    for name in names:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for name in names:
+            logging.getLogger(name).removeHandler(handler)
 
 
 def requests_counted(gateway_url: str, route: str, status: int) -> float:
@@ -169,7 +194,7 @@ def test_openai_stock_voice_names_mean_the_default_voice(gateway: GatewayServer)
             samples, rate = decode_wav(response.content)
             assert_speech(samples, rate, expected_rate=32000, min_seconds=0.8, max_seconds=8.0)
             # the engine got the default voice's 220 Hz reference, not the 110 Hz one of "low"
-            assert median_f0(samples, rate) == pytest.approx(220.0, rel=0.12)
+            assert measured_median_f0(samples, rate) == pytest.approx(220.0, rel=0.12)
         # a name that is no stock voice still does not fall back
         assert_error(speech(gateway.url, voice="nobody"), 404, "voice_not_found", contains="'nobody' does not exist")
     finally:
@@ -191,13 +216,20 @@ def test_engine_abort_mid_stream_aborts_the_client_stream(
         kwargs = {"data": {"text": LONG[:400], "voice_id": voice["id"], "stream": "true", "text_language": "en"}}
     set_engine_faults(engine.url, fault="truncate")
     try:
-        response, body = read_until_abort("POST", f"{gateway.url}{route}", **kwargs)
+        with captured_logs("gateway", "uvicorn.error") as logs:
+            response, body = read_until_abort("POST", f"{gateway.url}{route}", **kwargs)
+            wait_until(lambda: readyz(gateway.url)["engines"][0]["in_flight"] == 0)
     finally:
         set_engine_faults(engine.url, fault=None)
     assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
     # the engine's first chunk went through before its abort: this was mid-stream, not before the answer
     assert body[:4] == b"RIFF" and len(body) > 44 + 3200, len(body)
-    wait_until(lambda: readyz(gateway.url)["engines"][0]["in_flight"] == 0)
+    # logged as one warning naming the request and the engine, not as an "Exception in ASGI application"
+    request_id = response.headers["x-request-id"]
+    cut = [r.getMessage() for r in logs.records if r.name == "gateway.services.streaming"]
+    assert len(cut) == 1, cut
+    assert request_id in cut[0] and engine.url in cut[0] and "aborted the stream" in cut[0], cut[0]
+    assert not [r for r in logs.records if r.exc_info], [r.getMessage() for r in logs.records]
 
 
 # ---------------------------------------------------------------------------------------------- rule 8
@@ -216,7 +248,8 @@ def test_a_client_that_stops_reading_is_cut_at_the_stream_limit(
         wait_until(lambda: send_queue_bytes(gw_port, client_port) > 0, timeout=STREAM_LIMIT + 10)
         # ... and yet the slot comes back at the limit (the engine would need 20 s and more for this text)
         wait_until(lambda: engine_stats(slow_engine.url)["in_flight"] == 0, timeout=STREAM_LIMIT + 20)
-        wait_until(lambda: readyz(limited_gateway.url)["free_slots"] == 1, timeout=5)
+        # after the engine stopped, the gateway keeps the slot for its stop grace (at most STOP_GRACE_MAX)
+        wait_until(lambda: readyz(limited_gateway.url)["free_slots"] == 1, timeout=STOP_GRACE_MAX + 10)
         following = speech(limited_gateway.url, voice="low", response_format="wav", text_language="en")
         assert following.status_code == 200, following.text
         samples, rate = decode_wav(following.content)
@@ -227,6 +260,38 @@ def test_a_client_that_stops_reading_is_cut_at_the_stream_limit(
         assert not received.endswith(b"\r\n0\r\n\r\n"), "the stream ended cleanly; it should have been cut"
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("route", ["/v1/audio/speech", "/v1/voice-clone"])
+def test_the_stream_limit_counts_from_the_requests_arrival(
+    gateway: GatewayServer, engine: EngineProcess, route: str
+) -> None:
+    """A request already older than its X-Request-Timeout when it could be queued gets a 504 before any
+    body, and the engine never sees it (the old rule gave the queue and the stream a fresh limit each)."""
+    if route == "/v1/audio/speech":
+        body: dict[str, Any] = {"input": SHORT, "voice": "low", "stream": True, "response_format": "wav",
+                                "text_language": "en"}
+    else:
+        body = {"text": SHORT, "voice_id": gateway.app.state.test_voices["low"]["id"], "stream": True,
+                "text_language": "en"}
+    limit = 2.0
+    data = json.dumps(body).encode()
+    head = (f"POST {route} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            f"X-Request-Timeout: {limit}\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n")
+    seen_by_engine = engine_stats(engine.url)["requests"]
+    with socket.create_connection(("127.0.0.1", port_of(gateway.url))) as sock:
+        sock.sendall(head.encode() + data[:-1])
+        sent = time.monotonic()
+        # Not a synchronisation: the request has to age past its limit while its upload is unfinished,
+        # which only the clock can do (the gateway noted its arrival after `sent`).
+        time.sleep(limit + 1.0 - (time.monotonic() - sent))
+        sock.sendall(data[-1:])
+        received = read_to_eof(sock)
+    head_text, _, payload = received.partition(b"\r\n\r\n")
+    assert head_text.startswith(b"HTTP/1.1 504 "), received[:300]
+    error = json.loads(payload)["error"]
+    assert error["code"] == "engine_timeout" and "already passed" in error["message"], error
+    assert engine_stats(engine.url)["requests"] == seen_by_engine
 
 
 # ---------------------------------------------------------------------------------------------- 499 while queued
@@ -262,6 +327,33 @@ def test_a_stream_whose_client_leaves_while_queued_never_reaches_the_engine(
     samples, rate = decode_wav(following.content)
     assert_speech(samples, rate, expected_rate=32000, min_seconds=0.8, max_seconds=8.0)
     assert engine_stats(slow_engine.url)["requests"] == seen_by_engine + 1
+
+
+# ---------------------------------------------------------------------------------------------- stop grace
+
+
+def test_an_abandoned_stream_keeps_its_slot_well_past_the_slowest_chunk_wait() -> None:
+    """The slot of a stream left early is kept until the engine has surely reached its next chunk: under
+    load engines stopped up to ~1.9 × the slowest chunk wait after we closed, so the grace is at least
+    twice that (up to a cap), also when the slow wait was seen on an earlier stream of the engine, and
+    never past the engine's own deadline."""
+
+    async def nothing() -> AsyncIterator[bytes]:
+        return
+        yield b""
+
+    async def graces() -> list[float]:
+        now = asyncio.get_running_loop().time()
+        result = []
+        for first_wait, slowest_seen, deadline in ((0.5, 0.0, 60), (3.0, 0.0, 60), (0.1, 3.0, 60), (3.0, 0.0, 4.0)):
+            stream = EngineStream(EngineInfo("http://engine", "v2"), 32000, b"", nothing(), now + deadline)
+            stream.note_first_wait(first_wait)
+            result.append(stream.stop_grace(slowest_seen))
+        return result
+
+    short, slow, slow_before, near_deadline = asyncio.run(graces())
+    assert short >= 2 * 0.5 and slow >= 2 * 3.0 and slow_before >= 2 * 3.0, (short, slow, slow_before)
+    assert slow <= STOP_GRACE_MAX and 3.0 < near_deadline <= 4.0, (slow, near_deadline)
 
 
 # ---------------------------------------------------------------------------------------------- speech route

@@ -26,7 +26,7 @@ def services(request: Request) -> Services:
 
 
 class RequestContext:
-    """Pure ASGI middleware: a request id on every request and response, and request metrics.
+    """Pure ASGI middleware: a request id on every request and response, its arrival time, and request metrics.
 
     Pure ASGI (not BaseHTTPMiddleware) so streaming responses and disconnects pass through untouched.
     """
@@ -41,7 +41,9 @@ class RequestContext:
             return
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["arrived"] = time.monotonic()  # deadlines count from here (`request_arrived`)
         started = time.perf_counter()
         status = 500
 
@@ -62,6 +64,12 @@ class RequestContext:
             path = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(route=path, status=str(status)).inc()
             self.metrics.request_seconds.labels(route=path).observe(time.perf_counter() - started)
+
+
+def request_arrived(request: Request) -> float:
+    """When the request arrived (time.monotonic()), as RequestContext noted it; now if it was not noted."""
+    arrived = getattr(request.state, "arrived", None)
+    return float(arrived) if arrived is not None else time.monotonic()
 
 
 def request_timeout(request: Request) -> float | None:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from gateway.api.context import request_timeout, services, unless_disconnected
+from gateway.api.context import request_arrived, request_timeout, services, unless_disconnected
 from gateway.api.params import EngineKnobs, openapi_body, parse_params
 from gateway.api.uploads import is_json, read_json, read_multipart
 from gateway.audio.convert import OUTPUT_FORMATS, encode
@@ -21,7 +21,7 @@ from gateway.audio.wav import wav_samples
 from gateway.engine.types import SynthesisRequest
 from gateway.errors import BadRequest, NotFound
 from gateway.services.context import Services
-from gateway.services.streaming import STREAM_FORMATS, EngineAudioResponse, open_stream, stream_limit
+from gateway.services.streaming import STREAM_FORMATS, EngineAudioResponse, open_stream, stream_deadline
 from gateway.services.synthesis import (
     ResolvedReference,
     build_request,
@@ -139,12 +139,12 @@ async def speech(request: Request) -> Response:
     params, synthesis, reference = await _prepare(request, svc)
     if params.stream:
         fmt: Literal["wav", "pcm"] = "wav" if params.response_format == "wav" else "pcm"
+        deadline = stream_deadline(svc, timeout, request_arrived(request))
         opened = await unless_disconnected(
-            request, open_stream(svc, synthesis, fmt, target_rate=params.sample_rate, timeout=timeout)
+            request, open_stream(svc, synthesis, fmt, target_rate=params.sample_rate, deadline=deadline)
         )
         headers = _audio_headers(opened.rate, reference)
-        return EngineAudioResponse(opened, media_type=OUTPUT_FORMATS[fmt], headers=headers,
-                                   limit=stream_limit(svc, timeout))
+        return EngineAudioResponse(opened, media_type=OUTPUT_FORMATS[fmt], headers=headers, deadline=deadline)
     result = await unless_disconnected(request, svc.pool.synthesize(synthesis, timeout=timeout))
     svc.metrics.audio_seconds.inc(result.duration)
     if params.response_format == "wav" and params.sample_rate in (None, result.sample_rate):

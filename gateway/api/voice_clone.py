@@ -11,12 +11,12 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.api.context import request_timeout, services, unless_disconnected
+from gateway.api.context import request_arrived, request_timeout, services, unless_disconnected
 from gateway.api.params import CloneParams, openapi_body, parse_params
 from gateway.api.uploads import is_json, read_json, read_multipart
 from gateway.engine.types import SynthesisRequest
 from gateway.services.context import Services
-from gateway.services.streaming import EngineAudioResponse, open_stream, stream_limit
+from gateway.services.streaming import EngineAudioResponse, open_stream, stream_deadline
 from gateway.services.synthesis import CloneOutcome, ResolvedReference, prepare_clone, synthesize_clone
 
 router = APIRouter()
@@ -71,11 +71,12 @@ async def voice_clone(request: Request) -> Response:
     started = time.perf_counter()
     params, synthesis, reference = await _prepare(request, svc)
     if params.stream:
+        deadline = stream_deadline(svc, timeout, request_arrived(request))
         opened = await unless_disconnected(
-            request, open_stream(svc, synthesis, "wav", target_rate=None, timeout=timeout)
+            request, open_stream(svc, synthesis, "wav", target_rate=None, deadline=deadline)
         )
         headers = {"X-Sample-Rate": str(opened.rate), "X-Reference-Id": reference.reference_id}
-        return EngineAudioResponse(opened, media_type="audio/wav", headers=headers, limit=stream_limit(svc, timeout))
+        return EngineAudioResponse(opened, media_type="audio/wav", headers=headers, deadline=deadline)
     outcome = await unless_disconnected(request, synthesize_clone(svc, synthesis, reference, started, timeout))
     encode_started = time.perf_counter()
     audio_b64 = await anyio.to_thread.run_sync(base64.b64encode, outcome.result.wav)

@@ -12,7 +12,8 @@ Decisions worth knowing:
 - Cancellation (client gone): a queued waiter leaves the queue at once. A non-streaming call runs in its
   own task and keeps its slot until the engine really answers (bounded by the deadline): the engine
   finishes the job anyway, and sending it another request meanwhile would put two in flight. A stream
-  left early closes its response (the engine stops at its next chunk) and keeps the slot a short grace.
+  left early closes its response (the engine stops at its next chunk) and keeps the slot for a grace
+  sized generously from the slowest chunk wait seen on that engine (stream.stop_grace_for says why).
 - Capabilities: an engine whose model cannot take the request's languages, or an api.py engine for a
   reference-free request, is never a candidate (selection.capability_filter).
 """
@@ -39,7 +40,7 @@ from gateway.engine.selection import (
     no_capable_engine_message,
     worth_retrying,
 )
-from gateway.engine.stream import EngineStream
+from gateway.engine.stream import EngineStream, stop_grace_for
 from gateway.engine.types import SynthesisRequest, SynthesisResult
 from gateway.errors import EngineError, EngineRejected, EngineTimeout, EngineUnavailable
 from gateway.languages import languages_for_version
@@ -48,7 +49,7 @@ from gateway.settings import ModelWeights, Settings
 
 T = TypeVar("T")
 
-#: Slot grace for a stream abandoned before its first audio (no chunk timing known yet).
+#: Least slot grace for a stream abandoned before its first audio (more if the engine's chunks were slower).
 _OPEN_ABANDON_GRACE = 1.0
 
 log = logging.getLogger("gateway.engine.pool")
@@ -91,6 +92,8 @@ class EnginePool:
         self._probe_task: asyncio.Task[None] | None = None
         self._cooldown_timers: dict[str, asyncio.TimerHandle] = {}
         self._running_calls: set[asyncio.Task[Any]] = set()
+        #: per engine URL, the slowest wait for a stream chunk seen so far: sizes the grace of an abandoned stream
+        self._slowest_chunk_wait: dict[str, float] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -146,6 +149,8 @@ class EnginePool:
             error = exc
             raise
         finally:
+            slowest = self._slowest_chunk_wait.get(engine.url, 0.0)
+            self._slowest_chunk_wait[engine.url] = max(slowest, stream.longest_wait)
             if stream.finished or (stream.error is not None and stream.error.engine is not None):
                 try:
                     await stack.aclose()
@@ -154,7 +159,8 @@ class EnginePool:
                     self._finish(engine, stream.error, seconds)
             else:  # left early (consumer gone or failed, caller's deadline): nothing about the engine
                 outcome = _outcome(stream.error or error) if (stream.error or error) else "cancelled"
-                self._detach(self._drain_and_release(engine, stack, stream.stop_grace(), outcome))
+                grace = stream.stop_grace(slowest)
+                self._detach(self._drain_and_release(engine, stack, grace, outcome))
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -301,7 +307,10 @@ class EnginePool:
                 finally:
                     self._finish(engine, exc, None)
             else:  # caller gone or its deadline passed while the engine works: same as leaving early
-                self._detach(self._drain_and_release(engine, stack, _OPEN_ABANDON_GRACE, _outcome(exc)))
+                # the engine is still on its first chunk, however far it got: as long as a slow chunk, at least
+                slowest = self._slowest_chunk_wait.get(engine.url, 0.0)
+                grace = max(_OPEN_ABANDON_GRACE, stop_grace_for(slowest, attempt_deadline - time.monotonic()))
+                self._detach(self._drain_and_release(engine, stack, grace, _outcome(exc)))
             raise
         return stack, stream
 

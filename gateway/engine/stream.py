@@ -14,9 +14,29 @@ from gateway.errors import EngineBadResponse, EngineError, EngineTimeout
 
 # v1 "streams" arrive as one WAV at the end; hand the PCM on in slices of this size.
 _V1_STREAM_SLICE = 64 * 1024
-# How long a stream left early keeps its slot: ~1.5 × the engine's longest wait for a chunk, within these.
-_STOP_GRACE_MIN = 0.25
-_STOP_GRACE_MAX = 2.0
+# How long a stream left early keeps its slot: a generous multiple of the slowest wait for a chunk seen so far,
+# within these bounds (and never past the engine's own deadline). See `stop_grace_for`.
+STOP_GRACE_FACTOR = 4.0
+STOP_GRACE_MIN = 1.0
+STOP_GRACE_MAX = 15.0
+
+
+def stop_grace_for(slowest_wait: float, remaining: float) -> float:
+    """Seconds to keep an engine's slot after its stream was left early, given the slowest wait for a chunk
+    seen so far on that engine and the seconds left of the engine's deadline.
+
+    Why so conservative: after we close the connection nothing comes back from the engine, so the gateway
+    cannot see when it really stops. It stops at its next chunk boundary (engine-protocol §3.9), once the
+    step in progress is done, and under load that step is slower than the chunks we timed: on 2 busy
+    cores, CPU engines stopped up to 1.9 × the slowest wait seen after we closed (up to 7.7 s), so the
+    old 1.5 × (at most 2 s) let the next request in while the engine was still working. Two requests on
+    one engine mix voices (§6), which the gateway must never allow; a few idle engine seconds after a
+    (rare) abandoned stream cost little. Hence 4 × the slowest wait (about twice the worst seen), at
+    least STOP_GRACE_MIN, at most STOP_GRACE_MAX (one freak measurement must not idle an engine for
+    long), and never past the engine's deadline, when we would have timed the engine out anyway.
+    """
+    grace = min(STOP_GRACE_MAX, max(STOP_GRACE_MIN, STOP_GRACE_FACTOR * slowest_wait))
+    return max(0.0, min(grace, remaining))
 
 
 class EngineStream:
@@ -61,13 +81,18 @@ class EngineStream:
         """The time to the first audio: the first measure of how long the engine takes per chunk."""
         self._longest_wait = max(self._longest_wait, seconds)
 
-    def stop_grace(self) -> float:
-        """Seconds a stream left early keeps its slot: about the time the engine needs to reach its next
-        chunk, where it notices the closed connection and stops; bounded by the engine's deadline."""
+    @property
+    def longest_wait(self) -> float:
+        """The longest the engine has made us wait for a chunk of this stream so far (the first included)."""
+        return self._longest_wait
+
+    def stop_grace(self, slowest_seen: float = 0.0) -> float:
+        """Seconds a stream left early keeps its slot (see `stop_grace_for`): from the slowest wait for a
+        chunk of this stream or, if slower, of earlier streams on the engine (`slowest_seen`)."""
         if not self._live:
             return 0.0
-        grace = min(_STOP_GRACE_MAX, max(_STOP_GRACE_MIN, 1.5 * self._longest_wait))
-        return max(0.0, min(grace, self._deadline - asyncio.get_running_loop().time()))
+        remaining = self._deadline - asyncio.get_running_loop().time()
+        return stop_grace_for(max(self._longest_wait, slowest_seen), remaining)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()

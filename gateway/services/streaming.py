@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -15,10 +16,21 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.audio.wav import streaming_wav_header
 from gateway.engine.types import SynthesisRequest
+from gateway.errors import EngineError
 from gateway.services.context import Services
 
 StreamFormat = Literal["wav", "pcm"]
 STREAM_FORMATS: tuple[str, ...] = ("wav", "pcm")
+
+log = logging.getLogger("gateway.services.streaming")
+
+
+class _StreamCut(Exception):
+    """The engine's stream failed after our 200 went out: the client's body must end aborted, not cleanly."""
+
+    def __init__(self, error: EngineError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class _PcmResampler:
@@ -56,15 +68,18 @@ class OpenedStream:
         try:
             if self._fmt == "wav":
                 yield streaming_wav_header(self.rate)
-            async for chunk in self._chunks:
-                data = self._resampler.feed(chunk) if self._resampler else chunk
-                if not data:
-                    continue
-                if first:
-                    self._services.metrics.time_to_first_byte.observe(time.perf_counter() - self._started)
-                    first = False
-                frames += len(data) // 2
-                yield data
+            try:
+                async for chunk in self._chunks:
+                    data = self._resampler.feed(chunk) if self._resampler else chunk
+                    if not data:
+                        continue
+                    if first:
+                        self._services.metrics.time_to_first_byte.observe(time.perf_counter() - self._started)
+                        first = False
+                    frames += len(data) // 2
+                    yield data
+            except EngineError as exc:  # an abort or a deadline mid-body: EngineAudioResponse cuts the stream
+                raise _StreamCut(exc) from exc
             if self._resampler:
                 yield self._resampler.feed(b"", last=True)
             self._services.metrics.audio_seconds.inc(frames / self.rate)
@@ -78,22 +93,31 @@ class OpenedStream:
 
 
 class EngineAudioResponse(StreamingResponse):
-    """Streams an OpenedStream within a time limit, and always closes it.
+    """Streams an OpenedStream until the request's deadline, and always closes it.
 
-    The limit matters because a client that keeps its socket open but stops reading would otherwise hold the
-    engine slot for ever (the body generator is never resumed while the send waits); the `finally` matters because
-    a generator that never started never runs its own `finally`.
+    The deadline (`stream_deadline`, time.monotonic()) matters because a client that keeps its socket open
+    but stops reading would otherwise hold the engine slot for ever (the body generator is never resumed
+    while the send waits); the `finally` matters because a generator that never started never runs its own
+    `finally`. Either way the body ends without its terminating chunk, so the client sees an aborted stream.
+
+    An engine failure mid-body is one warning line (request id, engine, reason), not an ASGI traceback:
+    returning without completing the response makes uvicorn close the connection, as an exception would
+    (uvicorn still logs its one-line "ASGI callable returned without completing response.").
     """
 
-    def __init__(self, opened: OpenedStream, *, media_type: str, headers: dict[str, str], limit: float) -> None:
+    def __init__(self, opened: OpenedStream, *, media_type: str, headers: dict[str, str], deadline: float) -> None:
         super().__init__(opened.body(), media_type=media_type, headers=headers)
         self._opened = opened
-        self._limit = limit
+        self._deadline = deadline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            with anyio.move_on_after(self._limit):  # past it the body is cut: the client sees an aborted stream
+            with anyio.move_on_after(self._deadline - time.monotonic()):  # past it the body is cut
                 await super().__call__(scope, receive, send)
+        except _StreamCut as cut:
+            request_id = scope.get("state", {}).get("request_id", "-")
+            log.warning("stream cut after its 200 (request %s, engine %s): %s", request_id,
+                        cut.error.engine or "-", cut.error.message)
         finally:
             await self._opened.aclose()
 
@@ -104,16 +128,17 @@ async def open_stream(
     fmt: StreamFormat,
     *,
     target_rate: int | None,
-    timeout: float | None,
+    deadline: float,
 ) -> OpenedStream:
-    """Queue, pick an engine and wait for its stream to start.
+    """Queue, pick an engine and wait for its stream to start, all before `deadline` (`stream_deadline`).
 
     Everything that can still become a clean JSON error (queue full, no engine, the engine refusing before its
-    first byte) happens here, before the HTTP response starts.
+    first byte, the deadline already past) happens here, before the HTTP response starts.
     """
     started = time.perf_counter()
     stack = AsyncExitStack()
     try:
+        timeout = deadline - time.monotonic()  # ≤ 0: the pool answers with an EngineTimeout (504) at once
         stream = await stack.enter_async_context(services.pool.stream(request, timeout=timeout))
     except BaseException:
         await stack.aclose()
@@ -122,6 +147,9 @@ async def open_stream(
                         rate=target_rate or stream.sample_rate, fmt=fmt, started=started)
 
 
-def stream_limit(services: Services, timeout: float | None) -> float:
-    """How long a streamed answer may take in all: the client's deadline, else the gateway's cap."""
-    return min(timeout, services.settings.max_request_seconds) if timeout else services.settings.max_request_seconds
+def stream_deadline(services: Services, timeout: float | None, arrived: float) -> float:
+    """When a streamed answer must be over (time.monotonic()): the client's deadline (`X-Request-Timeout`),
+    else the gateway's cap, counted from the request's arrival, so reading the upload, the queue wait and
+    the stream all come out of one budget (a stuck client cannot hold a slot for queue wait + limit)."""
+    cap = services.settings.max_request_seconds
+    return arrived + (min(timeout, cap) if timeout else cap)
