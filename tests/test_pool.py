@@ -157,7 +157,8 @@ async def test_restarted_engine_returns_via_the_probe(ref: Path) -> None:
             assert engine_states(pool)[engine.url] in ("cooling_down", "down")
             with pytest.raises(EngineUnavailable) as no_engine:  # nothing healthy: 503 at once, with a hint
                 await pool.synthesize(synthesis_request(ref))
-            assert no_engine.value.retry_after is not None and no_engine.value.retry_after >= 1
+            # The 0.5 s cooldown (or, once over, the 0.2 s probe interval) is under the 1 s floor.
+            assert no_engine.value.retry_after == 1.0
             await asyncio.to_thread(engine.restart)
             await wait_for(lambda: engine_states(pool)[engine.url] == "ready")
             assert pool.status()["engines"][0]["consecutive_failures"] == 0
@@ -177,13 +178,17 @@ async def test_hung_engine_times_out_and_cools_down(ref: Path) -> None:
                 await pool.synthesize(synthesis_request(ref))
             assert timed_out.value.engine == engine.url
             assert time.monotonic() - started < 5.0, "the deadline was not enforced"
+            read_at = time.monotonic()
             status = pool.status()
             entry = status["engines"][0]
             assert entry["state"] == "cooling_down" and entry["cooldown_remaining"] > 0
             assert entry["in_flight"] == 0 and not status["ready"]
             with pytest.raises(EngineUnavailable) as refused:
                 await pool.synthesize(synthesis_request(ref))
-            assert refused.value.retry_after is not None and refused.value.retry_after >= 1
+            # Retry-After is what is left of the cooldown when refused: at most what status showed before.
+            remaining, elapsed = entry["cooldown_remaining"], time.monotonic() - read_at
+            assert refused.value.retry_after is not None
+            assert remaining - elapsed - 0.001 <= refused.value.retry_after <= remaining + 0.001
 
 
 async def test_queue_overflow_is_429_with_retry_after(clean: list[EngineProcess], ref: Path) -> None:
@@ -194,7 +199,8 @@ async def test_queue_overflow_is_429_with_retry_after(clean: list[EngineProcess]
     refused = [outcome for outcome in outcomes if isinstance(outcome, QueueFull)]
     served = [outcome for outcome in outcomes if isinstance(outcome, SynthesisResult)]
     assert len(served) == 3 and len(refused) == 2, outcomes
-    assert all(error.status == 429 and error.retry_after and error.retry_after >= 1 for error in refused)
+    # No request measured yet: 2 s assumed per request × queue position 3 / one slot.
+    assert [(error.status, error.retry_after) for error in refused] == [(429, 6.0), (429, 6.0)]
     assert max(result.queue_wait for result in served) > 0
 
 
@@ -205,7 +211,8 @@ async def test_queue_wait_limit_is_503_queue_timeout(clean: list[EngineProcess],
         await wait_for(lambda: pool.status()["free_slots"] == 0)
         with pytest.raises(EngineUnavailable) as caught:
             await pool.synthesize(synthesis_request(ref))
-        assert caught.value.code == "queue_timeout" and caught.value.retry_after
+        # No request measured yet: 2 s assumed per request × queue position 1 / one slot.
+        assert caught.value.code == "queue_timeout" and caught.value.retry_after == 2.0
         assert pool.status()["queue_depth"] == 0
         assert (await first).frames > 0
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 from gateway.engine.client import VoiceCloner
 from gateway.errors import EngineBadResponse, EngineError, EngineTimeout, EngineUnavailable
@@ -23,6 +23,33 @@ from gateway.settings import ModelWeights, Settings
 
 #: How far back failures count when breaking ties between equally busy engines.
 RECENT_FAILURE_WINDOW = 60.0
+
+#: What one request outcome says about the engine (see `judge`).
+Verdict = Literal["success", "silent", "refused", "failed", "gone"]
+
+
+def judge(error: BaseException | None) -> Verdict:
+    """Classify an outcome for the engine's health, as a pure function so every branch is unit-tested.
+
+    success: resets the failure count and the doubling; silent: nothing about the engine (cancellation,
+    a pool-level error naming no engine); refused: the engine worked, the request was bad (no count);
+    failed: a bad answer (counts; cools after `cooldown_after_failures` in a row); gone: timeout or
+    unreachable (counts, marks down and cools at once).
+    """
+    if error is None:
+        return "success"
+    if not isinstance(error, EngineError) or error.engine is None:
+        return "silent"
+    if isinstance(error, EngineTimeout | EngineUnavailable):
+        return "gone"
+    if isinstance(error, EngineBadResponse):
+        return "failed"
+    return "refused"
+
+
+def cooldown_length(settings: Settings, cooldowns_in_a_row: int) -> float:
+    """Base `cooldown_seconds`, doubled for each cooldown in a row before this one, capped at the max."""
+    return min(settings.cooldown_seconds * 2.0**cooldowns_in_a_row, settings.cooldown_max_seconds)
 
 
 @dataclass
@@ -93,28 +120,28 @@ class EngineState:
     # ------------------------------------------------------------------ outcomes
 
     def record(self, error: BaseException | None, settings: Settings, now: float) -> float | None:
-        """Apply one request outcome; returns the cooldown length when one starts."""
-        if error is None:
+        """Apply one request outcome (classified by `judge`); returns the cooldown length when one starts."""
+        verdict = judge(error)
+        if verdict == "success":
             self.consecutive_failures = 0
             self.cooldowns_in_a_row = 0
             return None
-        if not isinstance(error, EngineError) or error.engine is None:
-            return None  # cancellation, or a pool-level error: says nothing about the engine
-        self.last_error = error.message
-        if isinstance(error, EngineTimeout | EngineUnavailable):
-            self.recent_failures.append(now)
-            self.consecutive_failures += 1
+        if verdict == "silent":
+            return None
+        self.last_error = cast(EngineError, error).message  # judge: an EngineError naming this engine
+        if verdict == "refused":
+            return None
+        self.recent_failures.append(now)
+        self.consecutive_failures += 1
+        if verdict == "gone":
             self.down = True
             return self.start_cooldown(settings, now)
-        if isinstance(error, EngineBadResponse):
-            self.recent_failures.append(now)
-            self.consecutive_failures += 1
-            if self.consecutive_failures >= settings.cooldown_after_failures:
-                return self.start_cooldown(settings, now)
+        if self.consecutive_failures >= settings.cooldown_after_failures:
+            return self.start_cooldown(settings, now)
         return None
 
     def start_cooldown(self, settings: Settings, now: float) -> float:
-        seconds = min(settings.cooldown_seconds * 2.0**self.cooldowns_in_a_row, settings.cooldown_max_seconds)
+        seconds = cooldown_length(settings, self.cooldowns_in_a_row)
         self.cooldowns_in_a_row += 1
         self.cooldown_until = max(self.cooldown_until, now + seconds)
         return seconds

@@ -26,13 +26,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_none
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_none
 from tenacity.stop import stop_base
 
 from gateway.engine.client import VoiceCloner
 from gateway.engine.health import EngineState
 from gateway.engine.probing import Prober
-from gateway.engine.selection import SlotQueue, capability_filter, no_capable_engine_message
+from gateway.engine.selection import (
+    SlotQueue,
+    attempts_spent,
+    capability_filter,
+    no_capable_engine_message,
+    worth_retrying,
+)
 from gateway.engine.stream import EngineStream
 from gateway.engine.types import SynthesisRequest, SynthesisResult
 from gateway.errors import EngineError, EngineRejected, EngineTimeout, EngineUnavailable
@@ -48,14 +54,15 @@ _OPEN_ABANDON_GRACE = 1.0
 log = logging.getLogger("gateway.engine.pool")
 
 
-class _DeadlineSpent(stop_base):
-    """Stop retrying once the request's deadline has passed."""
+class _AttemptsSpent(stop_base):
+    """Stop retrying after `max_attempts` attempts or once the request's deadline has passed."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, max_attempts: int, deadline: float) -> None:
+        self.max_attempts = max_attempts
         self.deadline = deadline
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return time.monotonic() >= self.deadline
+        return attempts_spent(retry_state.attempt_number, self.max_attempts, time.monotonic(), self.deadline)
 
 
 def _outcome(error: BaseException | None) -> str:
@@ -201,15 +208,13 @@ class EnginePool:
         tried: set[str] = set()
         attempts, queue_wait = 0, 0.0
 
-        def worth_retrying(exc: BaseException) -> bool:
-            # Pool-level refusals (queue full, queue timeout, no engine) carry no engine: they are final.
-            if not (isinstance(exc, EngineError) and exc.retryable and exc.engine is not None):
-                return False
-            return self._slots.has_untried(fits, frozenset(tried), time.monotonic())
+        def retry(exc: BaseException) -> bool:
+            untried_left = self._slots.has_untried(fits, frozenset(tried), time.monotonic())
+            return worth_retrying(exc, untried_left=untried_left)
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._settings.max_attempts) | _DeadlineSpent(deadline),
-            retry=retry_if_exception(worth_retrying),
+            stop=_AttemptsSpent(self._settings.max_attempts, deadline),
+            retry=retry_if_exception(retry),
             wait=wait_none(),
             reraise=True,
         )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from gateway.engine.health import EngineState
 from gateway.engine.types import SynthesisRequest
-from gateway.errors import EngineUnavailable, QueueFull
+from gateway.errors import EngineError, EngineUnavailable, QueueFull
 from gateway.languages import languages_for_version
 from gateway.metrics import Metrics
 from gateway.settings import ModelWeights, Settings
@@ -51,6 +51,18 @@ def capability_filter(req: SynthesisRequest) -> Fits:
         return info.version is None or languages <= set(languages_for_version(info.version))
 
     return fits
+
+
+def worth_retrying(error: BaseException, *, untried_left: bool) -> bool:
+    """Retry only a retryable failure of a named engine (pool-level refusals carry no engine and are
+    final), and only when a healthy engine that has not failed this request is left: repeating the one
+    that just failed at once helps nobody."""
+    return isinstance(error, EngineError) and error.retryable and error.engine is not None and untried_left
+
+
+def attempts_spent(attempts: int, max_attempts: int, now: float, deadline: float) -> bool:
+    """Stop after `max_attempts` attempts, or once the request's deadline has passed."""
+    return attempts >= max_attempts or now >= deadline
 
 
 def no_capable_engine_message(req: SynthesisRequest, engines: Sequence[EngineState]) -> str:
