@@ -4,7 +4,8 @@ Configuration lives in pyproject.toml ([tool.mutmut]: which modules are mutated,
 Every run starts from scratch (mutmut's cache under mutants/ is removed first), so the score always
 describes the code and tests as they are. Afterwards this script reads mutmut's per-module results
 (mutants/**/*.py.meta), writes every mutant that was not killed, with its diff, to mutants-survivors.txt,
-prints them and a per-module table, and ends with exactly one line:
+prints them (each marked accepted, with the reason from tools/mutate_accepted.py, or NEW) and a
+per-module table, and ends with exactly one line:
 
     mutation score: K killed of N (P %)
 
@@ -28,10 +29,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from mutate_accepted import ACCEPTED  # tools/ is sys.path[0] when run as `python tools/mutate.py`
+
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = ROOT / "mutants"
 SURVIVORS_FILE = ROOT / "mutants-survivors.txt"
 RUN_LOG = ROOT / "mutants-run.log"
+ACCEPTED_FILE = "tools/mutate_accepted.py"
 
 # mutmut 3's exit-code meanings (mutmut/stats.py), folded into what the score needs.
 KILLED_CODES = {1: "killed", 3: "killed"}
@@ -117,22 +121,33 @@ def report(mutants: list[Mutant], seconds: float | None) -> None:
     not_killed = [m for m in mutants if not m.killed]
     sources = {module: function_sources(module) for module in {m.module for m in not_killed}}
     lines: list[str] = []
+    new = 0
     for mutant in not_killed:
-        lines.append(f"{mutant.name}  [{mutant.status}]")
-        lines += [f"    {line}" for line in mutant_diff(mutant, sources[mutant.module])]
+        diff = mutant_diff(mutant, sources[mutant.module])
+        mutated = " | ".join(line[1:].strip() for line in diff if line.startswith("+"))
+        line, reason = ACCEPTED.get(mutant.name, ("", ""))
+        if reason and line == mutated:
+            lines.append(f"{mutant.name}  [{mutant.status}; accepted: {reason}]")
+        else:
+            new += 1
+            lines.append(
+                f"{mutant.name}  [{mutant.status}; NEW: kill it with a test, or explain it in {ACCEPTED_FILE}]"
+            )
+        lines += [f"    {line}" for line in diff]
     SURVIVORS_FILE.write_text("\n".join(lines) + "\n" if lines else "", encoding="utf-8")
 
     if not_killed:
-        print(f"\nmutants not killed ({len(not_killed)}; diffs also in {SURVIVORS_FILE.name}):")
+        print(f"\nmutants not killed ({len(not_killed)}; also in {SURVIVORS_FILE.name}):")
         print("\n".join(lines))
-    print("\nper module:               killed / total   survived  no tests  (timeouts, counted as killed)")
+        print(f"\n{len(not_killed) - new} accepted (reasons in {ACCEPTED_FILE}), {new} NEW")
+    print(f"\n{'per module:':<32} killed / total    score  survived  no tests  timeouts (counted as killed)")
     for module in sorted({m.module for m in mutants}):
         own = [m for m in mutants if m.module == module]
         counts = Counter(m.status for m in own)
         killed = sum(m.killed for m in own)
         print(
-            f"  {module:<30} {killed:>5} / {len(own):<5} {counts['survived']:>8}  {counts['no tests']:>8}"
-            f"  ({counts['timeout'] + counts['crashed']})"
+            f"  {module:<30} {killed:>6} / {len(own):<5} {100.0 * killed / len(own):5.1f} %"
+            f" {counts['survived']:>9} {counts['no tests']:>9} {counts['timeout'] + counts['crashed']:>9}"
         )
     counts = Counter(m.status for m in mutants)
     timeouts = counts["timeout"] + counts["crashed"]
