@@ -45,7 +45,8 @@ def recording() -> Iterator[list[FsCall]]:
     if not _installed:
         sys.addaudithook(_hook)
         _installed = True
-    _calls = calls = []
+    calls: list[FsCall] = []
+    _calls = calls
     try:
         yield calls
     finally:

@@ -220,10 +220,10 @@ def test_echoed_values_are_cut_at_80_characters(store: VoiceStore, reference: Pr
     assert caught.value.message == "no voice with id '" + "x" * 79 + "…"
     invisible = "\u200b" * 20  # not whitespace and not a control character: a valid name
     create(store, invisible, reference)
-    with pytest.raises(Conflict) as caught:
+    with pytest.raises(Conflict) as conflict:
         create(store, invisible, reference)
     shown = "'" + "\\u200b" * 13 + "\\" + "…"  # repr escapes it; cut after 80 characters
-    assert caught.value.message == f"a voice named {shown} already exists"
+    assert conflict.value.message == f"a voice named {shown} already exists"
 
 
 def test_not_found_messages_echo_the_id_or_name(store: VoiceStore, reference: PreparedReference) -> None:
