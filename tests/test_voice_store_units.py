@@ -192,6 +192,7 @@ def test_a_name_that_is_not_a_string_is_refused() -> None:
         ("a\u2029b", "voice name must not contain control characters"),
         ("VOICE_0123456789ABCDEF", "voice name must not look like a voice id (voice_ + 16 hex digits)"),
     ],
+    ids=["empty", "too-long", "tab", "paragraph-separator", "id-lookalike"],
 )
 def test_invalid_name_messages(name: str, message: str) -> None:
     with pytest.raises(InvalidInput) as caught:
