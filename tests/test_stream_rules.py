@@ -406,30 +406,3 @@ def test_oversized_bodies_are_413(engine: EngineProcess, shared: Path, gateway: 
                              contains=f"'audio' is larger than the {limit} byte limit")
         assert error["limit_bytes"] == limit
     assert sorted(p.relative_to(voices_dir) for p in voices_dir.rglob("*")) == before  # no claim, no record
-
-
-# ---------------------------------------------------------------------------------------------- api.py engines
-
-
-def test_api_py_engine_streams_through_the_gateway(tmp_path: Path) -> None:
-    ref = make_reference(tmp_path / "ref.wav", seconds=5.0).read_bytes()
-    text = "An api dot py engine answers in one piece. The gateway streams it on."
-    with running_engine(flavor="v1") as engine, running_gateway(fast_settings(tmp_path, [engine.url])) as gw:
-        response = httpx.post(
-            f"{gw.url}/v1/audio/speech",
-            data={"input": text, "stream": "true", "response_format": "wav", "text_language": "en",
-                  "reference_text": "A sample of my voice.", "prompt_language": "en"},
-            files={"reference_audio": ("r.wav", ref)}, timeout=120,
-        )
-        assert response.status_code == 200, response.text
-        assert response.headers["content-type"] == "audio/wav" and response.headers["x-sample-rate"] == "32000"
-        samples, rate = decode_wav(response.content)
-        assert_speech(samples, rate, expected_rate=32000, min_seconds=2.0, max_seconds=12.0)
-        response = httpx.post(
-            f"{gw.url}/v1/voice-clone",
-            data={"text": text, "stream": "true", "text_language": "en", "prompt_text": "A sample of my voice."},
-            files={"audio": ("r.wav", ref)}, timeout=120,
-        )
-        assert response.status_code == 200, response.text
-        samples, rate = decode_wav(response.content)
-        assert_speech(samples, rate, expected_rate=32000, min_seconds=2.0, max_seconds=12.0)

@@ -26,10 +26,12 @@ from gateway.audio.intake import PreparedReference
 from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.voices import Voice, VoiceStore, normalize_voice_name
 from gateway.voices.files import (
+    STALE_TEMP_SECONDS,
     _try_claim_exclusive,
     claim_age_seconds,
     claim_holder,
     release_claim,
+    sweep_stale_temps,
     try_claim,
     write_atomic,
 )
@@ -337,3 +339,70 @@ def test_reclaim_decisions(store: VoiceStore, reference: PreparedReference) -> N
     os.utime(fresh, (old, old))
     assert store._reclaim_if_stale(fresh) is True
     assert not fresh.exists()
+
+
+# ---------------------------------------------------------------------- sweeping temp files of dead writers
+
+
+def aged(path: Path, seconds: float, data: bytes = b"partial") -> Path:
+    """Create `path` with a modification time `seconds` in the past."""
+    path.write_bytes(data)
+    stamp = time.time() - seconds
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_sweep_removes_only_our_stale_temp_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    stale = aged(tmp_path / ".vc_1.json.a1b2c3d4e5f6.tmp", STALE_TEMP_SECONDS + 30)
+    young = aged(tmp_path / ".vc_2.json.a1b2c3d4e5f6.tmp", STALE_TEMP_SECONDS - 30)
+    kept = [
+        young,
+        aged(tmp_path / ".nfs000000001234", STALE_TEMP_SECONDS * 10),  # not ours: NFS's silly-rename
+        aged(tmp_path / "visible.tmp", STALE_TEMP_SECONDS * 10),  # not hidden: not one of our temp names
+        aged(tmp_path / ".vc_3.json.released", STALE_TEMP_SECONDS * 10),  # a claim set aside, kept on purpose
+    ]
+    (tmp_path / ".a-dir.tmp").mkdir()  # only files are swept
+    os.utime(tmp_path / ".a-dir.tmp", (0, 0))
+    with caplog.at_level(logging.WARNING, logger="gateway.voices.files"):
+        removed = sweep_stale_temps(tmp_path)
+    assert removed == [stale]
+    assert not stale.exists() and all(path.exists() for path in kept) and (tmp_path / ".a-dir.tmp").is_dir()
+    [record] = caplog.records
+    assert re.fullmatch(rf"removed stale temp file {re.escape(str(stale))} \(63\d s old; its writer died mid-write\)",
+                        record.getMessage()), record.getMessage()
+
+
+def test_sweep_leaves_a_symlink_named_like_a_temp_file(tmp_path: Path) -> None:
+    target = aged(tmp_path / "voice.json", STALE_TEMP_SECONDS * 10, b"{}")
+    link = tmp_path / ".voice.json.0123456789ab.tmp"
+    link.symlink_to(target)
+    stamp = time.time() - STALE_TEMP_SECONDS * 10
+    os.utime(link, (stamp, stamp), follow_symlinks=False)  # the link itself is old too
+    assert sweep_stale_temps(tmp_path) == []
+    assert link.is_symlink() and target.read_bytes() == b"{}"
+
+
+def test_sweep_age_is_a_parameter_and_the_cutoff_is_inclusive_of_older_files(tmp_path: Path) -> None:
+    older = aged(tmp_path / ".a.tmp", 20)
+    newer = aged(tmp_path / ".b.tmp", 5)
+    assert sweep_stale_temps(tmp_path, older_than=10) == [older]
+    assert newer.exists()
+    assert sweep_stale_temps(tmp_path, older_than=0) == [newer]
+
+
+def test_sweep_of_a_missing_directory_logs_and_returns_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="gateway.voices.files"):
+        assert sweep_stale_temps(tmp_path / "absent") == []
+    [record] = caplog.records
+    assert record.getMessage().startswith(f"cannot sweep temp files in {tmp_path / 'absent'}: ")
+
+
+def test_store_sweeps_its_voices_names_and_refs_dirs(store: VoiceStore, reference: PreparedReference) -> None:
+    create(store, "Sweep", reference)  # makes the names dir
+    planted = [aged(directory / ".x.json.0123456789ab.tmp", STALE_TEMP_SECONDS + 60)
+               for directory in (store.root, store.root / "names", store.refs_dir)]
+    assert sorted(store.sweep_stale_temps()) == sorted(planted)
+    assert not any(path.exists() for path in planted)
+    assert store.resolve("Sweep").name == "Sweep"

