@@ -219,6 +219,15 @@ def prepared_reference(seconds: float = 3.0, rate: int = 32000, freq: float = 22
                              trimmed_seconds=0.0, warnings=())
 
 
+def flac_with_unknown_length(flac: bytes) -> bytes:
+    """Zero the STREAMINFO total-samples field, as a FLAC written to a pipe has it (its length is unknown)."""
+    patched = bytearray(flac)
+    streaminfo = 8  # after "fLaC" and the 4-byte metadata block header
+    patched[streaminfo + 13] &= 0xF0
+    patched[streaminfo + 14 : streaminfo + 18] = bytes(4)
+    return bytes(patched)
+
+
 def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
     """Decode audio bytes with soundfile: (float32 samples, shape (n,) mono or (n, channels); rate)."""
     samples, rate = sf.read(io.BytesIO(data), dtype="float32")

@@ -18,7 +18,7 @@ import soundfile as sf
 from gateway.audio.intake import PreparedReference, decode_audio, prepare_reference, store_reference
 from gateway.audio.wav import parse_wav, wav_samples
 from gateway.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
-from tests.support import speech_like_signal
+from tests.support import flac_with_unknown_length, speech_like_signal
 
 
 def silence(seconds: float, rate: int) -> np.ndarray:
@@ -219,22 +219,14 @@ def test_flac_bomb_is_refused_from_its_declared_length_without_decoding() -> Non
     assert peak < 1_000_000
 
 
-def _with_unknown_flac_length(flac: bytes) -> bytes:
-    """Zero the STREAMINFO total-samples field, as a FLAC written to a pipe has it."""
-    patched = bytearray(flac)
-    streaminfo = 8  # after "fLaC" and the 4-byte metadata block header
-    patched[streaminfo + 13] &= 0xF0
-    patched[streaminfo + 14 : streaminfo + 18] = bytes(4)
-    return bytes(patched)
-
 
 def test_unknown_length_flac_decodes_when_short() -> None:
-    samples, rate = decode_audio(_with_unknown_flac_length(encoded(speech_like_signal(5.0, 16000), 16000, "FLAC")))
+    samples, rate = decode_audio(flac_with_unknown_length(encoded(speech_like_signal(5.0, 16000), 16000, "FLAC")))
     assert (len(samples), rate) == (80_000, 16000)
 
 
 def test_unknown_length_flac_stops_decoding_at_the_limit() -> None:
-    hidden_bomb = _with_unknown_flac_length(_silent_flac(600, 8000))  # 19 MB if decoded in full
+    hidden_bomb = flac_with_unknown_length(_silent_flac(600, 8000))  # 19 MB if decoded in full
     tracemalloc.start()
     try:
         with pytest.raises(PayloadTooLarge) as caught:

@@ -26,6 +26,7 @@ from gateway.audio.intake import (
 from gateway.audio.wav import parse_wav
 from gateway.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 from tests.fs_events import recording
+from tests.support import flac_with_unknown_length
 
 FORMATS_HINT = "accepted formats: WAV, FLAC, OGG (Vorbis or Opus) or MP3"
 
@@ -53,14 +54,6 @@ def pcm_wav(count: int, rate: int, channels: int = 1) -> bytes:
 def flac(samples: np.ndarray, rate: int) -> bytes:
     return wav(samples, rate, "PCM_16", format="FLAC")
 
-
-def unknown_length(flac_bytes: bytes) -> bytes:
-    """Zero the STREAMINFO total-samples field, as a FLAC written to a pipe has it."""
-    patched = bytearray(flac_bytes)
-    streaminfo = 8  # after "fLaC" and the 4-byte metadata block header
-    patched[streaminfo + 13] &= 0xF0
-    patched[streaminfo + 14 : streaminfo + 18] = bytes(4)
-    return bytes(patched)
 
 
 def id3_tagged(data: bytes) -> bytes:
@@ -215,22 +208,22 @@ def test_prepare_reference_passes_its_decode_limit_on() -> None:
 
 
 def test_unknown_length_flac_of_exactly_the_limit_is_accepted_one_frame_more_is_not() -> None:
-    exact = unknown_length(flac(square(16_000, 0.5), 8000))
+    exact = flac_with_unknown_length(flac(square(16_000, 0.5), 8000))
     samples, rate = decode_audio(exact, max_declared_seconds=2.0)
     assert (len(samples), rate, samples.dtype.name) == (16_000, 8000, "float32")
     np.testing.assert_array_equal(samples, square(16_000, 0.5))
     with pytest.raises(PayloadTooLarge) as caught:
-        decode_audio(unknown_length(flac(square(16_001, 0.5), 8000)), max_declared_seconds=2.0)
+        decode_audio(flac_with_unknown_length(flac(square(16_001, 0.5), 8000)), max_declared_seconds=2.0)
     assert caught.value.message == "the audio runs past 2 s; at most 2 s of audio is accepted"
 
 
 def test_unknown_length_flac_longer_than_one_decode_block_is_counted_across_blocks() -> None:
     """400 000 frames (1.5 decode blocks) with a 40 s limit at 8 kHz: refused after decoding 320 001."""
-    long_flac = unknown_length(flac(np.zeros(400_000, dtype=np.float32), 8000))
+    long_flac = flac_with_unknown_length(flac(np.zeros(400_000, dtype=np.float32), 8000))
     with pytest.raises(PayloadTooLarge) as caught:
         decode_audio(long_flac, max_declared_seconds=40.0)
     assert caught.value.message == "the audio runs past 40 s; at most 40 s of audio is accepted"
-    samples, _ = decode_audio(unknown_length(flac(square(262_145, 0.5), 8000)), max_declared_seconds=40.0)
+    samples, _ = decode_audio(flac_with_unknown_length(flac(square(262_145, 0.5), 8000)), max_declared_seconds=40.0)
     assert len(samples) == 262_145  # one block and a single frame more
 
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from gateway.api.uploads import MAX_FIELD_BYTES, MAX_FIELDS_TOTAL_BYTES, MULTIPART_OVERHEAD_BYTES
-from tests.gateway_support import GatewayServer, fast_settings, running_gateway
+from tests.gateway_support import GatewayServer, clone, fast_settings, running_gateway
 from tests.support import assert_error, make_reference, running_engine, wait_until
 
 TEXT = "The quick brown fox jumps over the lazy dog."
@@ -73,11 +73,6 @@ def chunked(body: bytes, size: int = 1 << 16) -> Iterator[bytes]:
     for start in range(0, len(body), size):
         yield body[start : start + size]
 
-
-def clone(url: str, audio: bytes | None, **fields: str) -> httpx.Response:
-    data = {"text": TEXT, "text_language": "en", "prompt_language": "en", **fields}
-    files = {"audio": ("ref.wav", audio, "audio/wav")} if audio is not None else None
-    return httpx.post(f"{url}/v1/voice-clone", data=data, files=files, timeout=120)
 
 
 def text_fields(count: int, size: int = 1) -> list[tuple[str, bytes, str | None]]:

@@ -19,6 +19,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.settings import ModelWeights, Settings
+from tests.gateway_support import clone
 from tests.support import (
     EngineProcess,
     assert_error,
@@ -30,7 +31,6 @@ from tests.support import (
 )
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
-TEXT = "The quick brown fox jumps over the lazy dog."
 
 
 def settings_from_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
@@ -154,11 +154,6 @@ def ready(served: Served) -> dict[str, object]:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return make_reference(tmp_path_factory.mktemp("ref") / "ref.wav", seconds=5.0).read_bytes()
 
-
-def clone(url: str, reference: bytes | None, **fields: str) -> httpx.Response:
-    data = {"text": TEXT, "text_language": "en", "prompt_language": "en", **fields}
-    files = {"audio": ("ref.wav", reference, "audio/wav")} if reference is not None else None
-    return httpx.post(f"{url}/v1/voice-clone", data=data, files=files, timeout=120)
 
 
 def test_serve_flags_override_the_environment(served: Served) -> None:
