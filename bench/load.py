@@ -5,6 +5,11 @@ Prints throughput against the theoretical K / mean engine time, the status histo
 (must be 0: every request gets an answer), queue-wait percentiles and, from each engine's `/_stats`,
 the most requests it ever had in flight (must be 1). Writes the same as JSON with `--json PATH`.
 
+Then the liveness check under saturation: a gateway process in front of the same engines, kept saturated
+(every engine busy and at least `--min-queued` requests waiting) by clients that resubmit as soon as they
+are answered, while `/healthz` is probed one call at a time: its p50/p99 show whether the event loop stays
+free for the orchestrator's liveness probe when the gateway is at its busiest.
+
     .venv/bin/python bench/load.py --requests 60 --concurrency 12 --engines 3 --delay 0.3
 """
 
@@ -27,6 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._procs import gateway  # noqa: E402
 from gateway.engine.pool import EnginePool  # noqa: E402
 from gateway.engine.types import SynthesisRequest, SynthesisResult  # noqa: E402
 from gateway.errors import GatewayError  # noqa: E402
@@ -82,6 +88,56 @@ async def drive(
     return {"wall": wall, "results": results, "statuses": statuses, "answered": len(outcomes)}
 
 
+async def healthz_under_saturation(
+    gateway_url: str, reference: bytes, clients: int, min_queued: int, probes: int
+) -> dict[str, Any]:
+    """Keep `clients` clone requests outstanding; once the queue holds `min_queued`, time `probes` /healthz calls."""
+    stop = asyncio.Event()
+    statuses: Counter[int] = Counter()
+    form = {"text": TEXT, "text_language": "en", "prompt_text": "The reference transcript.", "prompt_language": "en"}
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=300, limits=limits) as http:
+
+        async def client() -> None:
+            while not stop.is_set():
+                files = {"audio": ("ref.wav", reference, "audio/wav")}
+                statuses[(await http.post("/v1/voice-clone", data=form, files=files)).status_code] += 1
+
+        async def depth() -> tuple[int, int]:
+            status = (await http.get("/readyz")).json()
+            return status["queue_depth"], status["free_slots"]
+
+        tasks = [asyncio.create_task(client()) for _ in range(clients)]
+        try:
+            deadline = time.monotonic() + 60
+            while (await depth())[0] < min_queued:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the queue never reached {min_queued} requests")
+                await asyncio.sleep(0.05)
+            depth_before = await depth()
+            latencies = []
+            for _ in range(probes):
+                started = time.perf_counter()
+                (await http.get("/healthz")).raise_for_status()
+                latencies.append((time.perf_counter() - started) * 1000)
+                await asyncio.sleep(0.01)
+            depth_after = await depth()
+        finally:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "healthz_probes": probes,
+        "healthz_p50_ms": round(percentile(latencies, 50), 3),
+        "healthz_p99_ms": round(percentile(latencies, 99), 3),
+        "healthz_max_ms": round(max(latencies), 3),
+        "queue_depth_before_after": [depth_before[0], depth_after[0]],
+        "free_slots_before_after": [depth_before[1], depth_after[1]],
+        "clone_statuses_meanwhile": dict(statuses),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", "-n", type=int, default=60)
@@ -92,6 +148,9 @@ def main() -> None:
     parser.add_argument("--text", default=TEXT, help="text to synthesize (its length drives CPU time)")
     parser.add_argument("--kill-after", type=float, help="SIGKILL the first engine this many seconds in")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--saturating-clients", type=int, default=40, help="outstanding clones while /healthz is timed")
+    parser.add_argument("--min-queued", type=int, default=32, help="queue depth to reach before timing /healthz")
+    parser.add_argument("--healthz-probes", type=int, default=300, help="sequential /healthz calls (0: skip)")
     args = parser.parse_args()
 
     with ExitStack() as stack:
@@ -115,6 +174,13 @@ def main() -> None:
         run = asyncio.run(drive(settings, req, args.requests, args.concurrency, kill, args.kill_after or 0.0))
         alive = [e for e in engines if e.proc.poll() is None]
         max_in_flight = [httpx.get(f"{e.url}/_stats", timeout=5).json()["max_in_flight"] for e in alive]
+        saturated: dict[str, Any] = {}
+        if args.healthz_probes:
+            shared = workdir / "shared"
+            url = stack.enter_context(gateway([e.url for e in alive], shared, GATEWAY_MAX_QUEUE="256"))
+            saturated = asyncio.run(healthz_under_saturation(
+                url, reference.read_bytes(), args.saturating_clients, args.min_queued, args.healthz_probes
+            ))
 
     results: list[SynthesisResult] = run["results"]
     engine_seconds = [r.engine_seconds for r in results]
@@ -139,6 +205,7 @@ def main() -> None:
         "queue_wait_p99": round(percentile(waits, 99), 3),
         "killed_engine_after": args.kill_after,
         "engine_max_in_flight": max_in_flight,
+        **saturated,
     }
     rows = [(key, value) for key, value in report.items()]
     print("| metric | value |\n|---|---|")
