@@ -51,8 +51,6 @@ class ReferenceCache:
         return entry
 
     def put(self, key: CacheKey, entry: StoredReference) -> None:
-        if self.max_entries <= 0:
-            return
         self._entries[key] = entry
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
