@@ -17,8 +17,8 @@ import pytest
 import soundfile as sf
 
 from gateway.services.reference_cache import ReferenceCache, StoredReference
-from tests.gateway_support import GatewayServer, clone, fast_settings, running_gateway
-from tests.support import running_engine, speech_like_signal
+from tests.gateway_support import CLONE_TEXT, GatewayServer, clone, fast_settings, running_gateway
+from tests.support import assert_error, running_engine, speech_like_signal
 
 
 def wav_bytes(seconds: float, level: float = 0.5, rate: int = 32000) -> bytes:
@@ -105,6 +105,21 @@ def test_the_same_audio_with_another_option_reuses_the_file_without_a_cache_hit(
     after = outcomes(gateway.url)
     assert after.get("reused", 0) - before.get("reused", 0) == 1
     assert after.get("cached", 0) == before.get("cached", 0)
+
+
+def test_base64_references_are_cached_too_and_bad_base64_is_refused(gateway: GatewayServer) -> None:
+    import base64
+
+    body = {"text": CLONE_TEXT, "text_language": "en",
+            "reference_audio_base64": base64.b64encode(wav_bytes(4.5, level=0.3)).decode()}
+    first = httpx.post(f"{gateway.url}/v1/voice-clone", json=body, timeout=60)
+    assert first.status_code == 200, first.text
+    before = outcomes(gateway.url)
+    second = httpx.post(f"{gateway.url}/v1/voice-clone", json=body, timeout=60)
+    assert second.json()["reference_id"] == first.json()["reference_id"]
+    assert outcomes(gateway.url).get("cached", 0) - before.get("cached", 0) == 1
+    bad = httpx.post(f"{gateway.url}/v1/voice-clone", json={**body, "reference_audio_base64": "bm90 YmFzZTY0!"})
+    assert_error(bad, 422, "invalid_base64")
 
 
 def entry(name: str) -> StoredReference:
