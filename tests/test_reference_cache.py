@@ -83,6 +83,16 @@ def test_a_deleted_reference_file_is_prepared_and_stored_again(gateway: GatewayS
     assert after.get("cached", 0) == before.get("cached", 0)
 
 
+def test_a_reference_file_cut_short_is_written_again(gateway: GatewayServer) -> None:
+    upload = wav_bytes(3.5, level=0.4)
+    first = clone(gateway.url, upload)
+    path = ref_file(gateway, first.json()["reference_id"])
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])  # as a crash mid-copy on another host would leave it
+    assert clone(gateway.url, upload).status_code == 200
+    assert path.read_bytes() == content
+
+
 def test_other_intake_options_are_not_served_from_the_cache(gateway: GatewayServer) -> None:
     long = wav_bytes(12.0)  # over the 10 s window: refused, unless trimming to it was asked for
     refused = clone(gateway.url, long)
@@ -123,7 +133,7 @@ def test_base64_references_are_cached_too_and_bad_base64_is_refused(gateway: Gat
 
 
 def entry(name: str) -> StoredReference:
-    return StoredReference(name, Path(f"/refs/{name}.wav"), 32000, 5.0, 0.0, ())
+    return StoredReference(name, Path(f"/refs/{name}.wav"), 320044, 32000, 5.0, 0.0, ())
 
 
 def key(name: str) -> tuple[str, bool, float, float, float]:

@@ -106,6 +106,22 @@ def build_app(state: EngineState, *, debug_routes: bool, stall_probes: bool = Fa
     return app
 
 
+#: Paths gateways poll to see whether an engine is up (engine-protocol §7); one access line each would bury
+#: the real requests in `make run`'s terminal every few seconds.
+PROBE_PATHS = frozenset({"/openapi.json"})
+
+
+class QuietProbes(logging.Filter):
+    """Demote access-log lines of health probes to debug (shown only with `--log-level debug`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not (isinstance(args, tuple) and len(args) >= 3 and args[2] in PROBE_PATHS):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -127,18 +143,3 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("uvicorn.access").addFilter(QuietProbes())
     uvicorn.Server(config).run()
 
-
-#: Paths gateways poll to see whether an engine is up (engine-protocol §7); one access line each would bury
-#: the real requests in `make run`'s terminal every few seconds.
-PROBE_PATHS = frozenset({"/openapi.json"})
-
-
-class QuietProbes(logging.Filter):
-    """Demote access-log lines of health probes to debug (shown only with `--log-level debug`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if not (isinstance(args, tuple) and len(args) >= 3 and args[2] in PROBE_PATHS):
-            return True
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)

@@ -15,6 +15,7 @@ class StoredReference:
 
     sha256: str  # of the prepared WAV: the content address of `path`
     path: Path
+    size: int  # bytes of the prepared WAV, so a file cut short since is not taken for it
     sample_rate: int
     duration: float
     trimmed_seconds: float
@@ -22,7 +23,7 @@ class StoredReference:
 
     @classmethod
     def of(cls, ref: PreparedReference, path: Path) -> StoredReference:
-        return cls(ref.sha256, path, ref.sample_rate, ref.duration, ref.trimmed_seconds, ref.warnings)
+        return cls(ref.sha256, path, len(ref.wav), ref.sample_rate, ref.duration, ref.trimmed_seconds, ref.warnings)
 
 
 #: (sha256 of the uploaded bytes, trim_to_max, min_seconds, max_seconds, max_decode_seconds): everything

@@ -78,10 +78,11 @@ async def intake_reference(
     return ref, path
 
 
-def _still_there(path: Path) -> bool:
-    """One stat, on the loop: cheaper than a thread hop on a local disk (and on NFS with attribute caching)."""
+def _still_there(entry: StoredReference) -> bool:
+    """One stat, on the loop: cheaper than a thread hop on a local disk (and on NFS with attribute caching).
+    The size check is `store_reference`'s own: a file cut short (a crash on another host) is written again."""
     try:
-        return os.stat(path).st_size > 0
+        return os.stat(entry.path).st_size == entry.size
     except OSError:
         return False
 
@@ -99,7 +100,7 @@ async def take_in_reference(services: Services, data: bytes, *, trim_to_max: boo
     cache = services.reference_cache
     entry = cache.get(key)
     if entry is not None:
-        if _still_there(entry.path):
+        if _still_there(entry):
             services.metrics.references.labels(outcome="cached").inc()
             return entry
         cache.forget(key)  # deleted or swept since: do the work again, which re-creates the file
