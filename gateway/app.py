@@ -18,6 +18,7 @@ from gateway.engine.pool import EnginePool
 from gateway.errors import install_error_handlers
 from gateway.metrics import Metrics
 from gateway.services.context import Services
+from gateway.services.reference_cache import ReferenceCache
 from gateway.settings import Settings
 from gateway.voices.store import VoiceStore
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pool=pool,
             voices=voice_store,
             intake_limiter=anyio.CapacityLimiter(max(2, os.cpu_count() or 2)),
+            reference_cache=ReferenceCache(settings.reference_cache_size),
         )
         log.info("gateway ready: engines=%s shared_dir=%s", ",".join(settings.engines), settings.shared_dir)
         try:

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     min_reference_seconds: float = 3.0
     max_reference_seconds: float = 10.0
 
+    # --- hot path
+    reference_cache_size: int = Field(
+        4096, ge=0, description="prepared references remembered by upload hash (metadata only; 0 disables)"
+    )
+
     @field_validator("engines", mode="before")
     @classmethod
     def _split_engines(cls, value: Any) -> Any:

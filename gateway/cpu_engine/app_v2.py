@@ -20,6 +20,8 @@ from pydantic import BaseModel
 from gateway.cpu_engine.control import handle_control
 from gateway.cpu_engine.faults import Fault, InjectedFault
 from gateway.cpu_engine.framing import MEDIA_TYPES, PLACEHOLDER_RATE, encode, placeholder_silence, wav_stream_header
+from gateway.cpu_engine.instant import InstantSynthesizer
+from gateway.cpu_engine.instant import encoded as instant_body
 from gateway.cpu_engine.pipeline import encoded_stream, in_thread, iterate_in_thread, whole_audio
 from gateway.cpu_engine.responses import EngineStream, StreamAborted, TruncatedResponse, wait_for_disconnect
 from gateway.cpu_engine.state import VERSIONS_NEEDING_PROMPT, EngineFailure, EngineState, Ticket
@@ -154,6 +156,8 @@ async def serve_tts(state: EngineState, request: Request, req: dict[str, Any], t
 
 async def _whole(state: EngineState, req: dict[str, Any], fault: Fault | None) -> Response:
     media_type = req["media_type"]
+    if fault is None and isinstance(state.synthesizer, InstantSynthesizer):
+        return await _instant_whole(state, req)
     try:
         params = await in_thread(prepare, state, req)
         await anyio.sleep(state.faults.delay)
@@ -166,6 +170,21 @@ async def _whole(state: EngineState, req: dict[str, Any], fault: Fault | None) -
         return _bad_request("tts failed", Exception=str(exc))
     if fault == "truncate":
         return TruncatedResponse(body, media_type=f"audio/{media_type}")
+    return Response(body, media_type=f"audio/{media_type}")
+
+
+async def _instant_whole(state: EngineState, req: dict[str, Any]) -> Response:
+    """`--instant` mode 0: the same checks, then the canned clip with no worker-thread hops (each costs more
+    than the work; a known reference is one path comparison, a new one a short header read, like api_v2 does
+    on its event loop)."""
+    media_type = req["media_type"]
+    try:
+        params = prepare(state, req)
+        if state.faults.delay:
+            await anyio.sleep(state.faults.delay)
+        body = instant_body(media_type, params.output_rate)
+    except Exception as exc:  # aac without ffmpeg, a missing reference ...: the same 400 as the real path
+        return _bad_request("tts failed", Exception=str(exc))
     return Response(body, media_type=f"audio/{media_type}")
 
 

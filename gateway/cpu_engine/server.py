@@ -15,6 +15,7 @@ from gateway.cpu_engine.app_v1 import create_app_v1
 from gateway.cpu_engine.app_v2 import create_app_v2
 from gateway.cpu_engine.debug import StallProbes, add_debug_routes
 from gateway.cpu_engine.faults import FAULTS, FaultController, FaultSettings, PacedSynthesizer
+from gateway.cpu_engine.instant import InstantSynthesizer
 from gateway.cpu_engine.state import DefaultReference, EngineState
 from gateway.languages import VERSION_SAMPLE_RATES
 
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-version", choices=tuple(VERSION_SAMPLE_RATES), default="v2",
                         help="loaded model version at start-up (languages, output rate)")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--instant", action="store_true",
+                        help="answer every synthesis at once with a fixed 5 s clip (same validation): for benchmarks")
     legacy = parser.add_argument_group("api.py flavour (api.py's -dr/-dt/-dl/-cp/-sm/-mt)")
     legacy.add_argument("--default-refer-path", default="")
     legacy.add_argument("--default-refer-text", default="")
@@ -103,15 +106,40 @@ def build_app(state: EngineState, *, debug_routes: bool, stall_probes: bool = Fa
     return app
 
 
+#: Paths gateways poll to see whether an engine is up (engine-protocol §7); one access line each would bury
+#: the real requests in `make run`'s terminal every few seconds.
+PROBE_PATHS = frozenset({"/openapi.json"})
+
+
+class QuietProbes(logging.Filter):
+    """Demote access-log lines of health probes to debug (shown only with `--log-level debug`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not (isinstance(args, tuple) and len(args) >= 3 and args[2] in PROBE_PATHS):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    from gateway.cpu_engine.synth import Synthesizer  # loads the voice (~0.3 s): once, at start-up
+    synthesizer: object
+    if args.instant:
+        synthesizer = InstantSynthesizer()
+    else:
+        from gateway.cpu_engine.synth import Synthesizer  # loads the voice (~0.3 s): once, at start-up
 
-    state = build_state(args, Synthesizer())
+        synthesizer = Synthesizer()
+    state = build_state(args, synthesizer)
     app = build_app(state, debug_routes=args.debug_routes, stall_probes=args.stall_probes)
-    log.info("CPU engine: flavour %s, model version %s, faults %s", args.flavor, state.version,
-             state.faults.snapshot())
+    log.info("CPU engine: flavour %s, model version %s, %s, faults %s", args.flavor, state.version,
+             "instant canned clip" if args.instant else "CPU synthesis", state.faults.snapshot())
     # A short graceful-shutdown timeout: a request held by the `hang` fault never finishes by itself.
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=args.log_level.lower(),
-                timeout_graceful_shutdown=2)
+    config = uvicorn.Config(app, host=args.host, port=args.port, workers=1, log_level=args.log_level.lower(),
+                            timeout_graceful_shutdown=2)
+    # after Config: it (re)configures uvicorn's loggers, and dictConfig would not drop a filter added later
+    logging.getLogger("uvicorn.access").addFilter(QuietProbes())
+    uvicorn.Server(config).run()
+

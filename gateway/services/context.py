@@ -8,6 +8,7 @@ import anyio
 
 from gateway.engine.pool import EnginePool
 from gateway.metrics import Metrics
+from gateway.services.reference_cache import ReferenceCache
 from gateway.settings import Settings
 from gateway.voices.store import VoiceStore
 
@@ -20,3 +21,5 @@ class Services:
     voices: VoiceStore
     #: bounds concurrent reference decodes (CPU and memory heavy) whatever the request concurrency
     intake_limiter: anyio.CapacityLimiter
+    #: prepared references by upload hash and intake options (metadata only; the audio is in the shared dir)
+    reference_cache: ReferenceCache

@@ -12,7 +12,7 @@ from gateway.errors import InvalidInput
 from gateway.languages import V2_LANGUAGES, normalize_language
 from gateway.services.context import Services
 from gateway.services.params import CloneParams, EngineKnobs
-from gateway.services.references import decode_base64_reference, intake_reference
+from gateway.services.references import INLINE_BASE64_CHARS, decode_base64_reference, take_in_reference
 from gateway.settings import ModelWeights
 from gateway.voices.store import Voice
 
@@ -105,9 +105,9 @@ async def resolve_reference(
     started = time.perf_counter()
     settings = services.settings
     if audio is not None:
-        ref, path = await intake_reference(services, audio, trim_to_max=trim)
+        ref = await take_in_reference(services, audio, trim_to_max=trim)
         return ResolvedReference(
-            engine_path=settings.to_engine_path(path),
+            engine_path=settings.to_engine_path(ref.path),
             reference_id=ref.sha256,
             prompt_text=prompt_text,
             prompt_language=prompt_language,
@@ -182,7 +182,10 @@ async def prepare_clone(
     weights = resolve_weights(services, params.model)
     if audio_base64:
         limit = services.settings.max_upload_bytes
-        audio = await anyio.to_thread.run_sync(decode_base64_reference, audio_base64, limit)
+        if len(audio_base64) <= INLINE_BASE64_CHARS:
+            audio = decode_base64_reference(audio_base64, limit)
+        else:
+            audio = await anyio.to_thread.run_sync(decode_base64_reference, audio_base64, limit)
     voice = None if audio is not None else await find_voice(services, params.voice_id)
     reference = await resolve_reference(
         services,
