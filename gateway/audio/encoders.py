@@ -45,8 +45,9 @@ CODECS: dict[str, Codec] = {
     # 32 kbps Opus is transparent-ish for speech; complexity 5 of 10 costs ~2/3 of the default for a barely
     # measurable loss. Ogg pages close every 100 ms (default 1 s) so audio leaves soon after it is encoded.
     "opus": Codec("ogg", "libopus", OPUS_RATES, 32_000, {"compression_level": "5"}, {"page_duration": "100000"}),
-    # ADTS (no container to seek in); ffmpeg's own AAC-LC encoder at 64 kbps mono.
-    "aac": Codec("adts", "aac", MPEG_RATES, 64_000),
+    # ADTS (no container to seek in); ffmpeg's own AAC-LC encoder at 64 kbps mono. Its "fast" coder costs
+    # 40 % of the default "twoloop" one at the same size.
+    "aac": Codec("adts", "aac", MPEG_RATES, 64_000, {"aac_coder": "fast"}),
     # Lossless; a stream's STREAMINFO says "length unknown" (the muxer cannot seek back), a whole clip's does not.
     "flac": Codec("flac", "flac"),
 }
