@@ -1,26 +1,30 @@
-"""Conversion cost per output format for 10 s of 32 kHz speech-like audio (the engine's usual output).
+"""Conversion cost per output format for a 5 s clip of 32 kHz speech-like audio (the engine's usual output).
 
-Not a test: prints a markdown table (median of N runs) and writes bench/results/convert_cost.json.
-Usage: python -m bench.convert_cost [-n 5]
+CPU milliseconds (process time, median of N runs) and output size, for the whole clip (`encode`) and for the
+same clip streamed in 1 s engine chunks (`stream_encoder`), plus the old libsndfile mp3 (LAME VBR default)
+for comparison. Not a test: prints a markdown table and writes bench/results/convert_cost.json.
+Usage: python -m bench.convert_cost [-n 9]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import statistics
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
-from gateway.audio.convert import OUTPUT_FORMATS, encode, resample
-from gateway.audio.wav import pcm16_wav, wav_samples
+from gateway.audio.convert import OUTPUT_FORMATS, encode
+from gateway.audio.encoders import CODECS, stream_encoder
+from gateway.audio.wav import pcm16_wav, to_pcm16, wav_samples
 
-SECONDS, RATE = 10.0, 32000
+SECONDS, RATE = 5.0, 32000
 
 
 def speech_like(seconds: float, rate: int) -> np.ndarray:
@@ -34,38 +38,69 @@ def speech_like(seconds: float, rate: int) -> np.ndarray:
     return result
 
 
-def median_ms(work: Callable[[], Any], runs: int) -> tuple[float, Any]:
-    work()  # warm-up: lazy imports (PyAV), codec initialisation
+def cpu_ms(work: Callable[[], Any], runs: int) -> tuple[float, Any]:
+    """Median CPU time of `work` in this process (not wall time: other processes share the cores)."""
+    work()  # warm-up: codec initialisation
     times, result = [], None
     for _ in range(runs):
-        started = time.perf_counter()
+        started = time.process_time()
         result = work()
-        times.append((time.perf_counter() - started) * 1000)
+        times.append((time.process_time() - started) * 1000)
     return statistics.median(times), result
+
+
+def streamed(pcm: bytes, fmt: str) -> bytes:
+    encoder = stream_encoder(fmt, RATE, encode(np.zeros(1, np.float32), RATE, fmt)[1])
+    second = 2 * RATE
+    parts = [encoder.feed(pcm[start : start + second]) for start in range(0, len(pcm), second)]
+    return b"".join([*parts, encoder.finish()])
+
+
+def old_mp3(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, RATE, format="MP3", subtype="MPEG_LAYER_III")
+    return buffer.getvalue()
+
+
+def settings_of(fmt: str) -> str:
+    codec = CODECS.get(fmt)
+    if codec is None:
+        return "PCM16"
+    parts = [codec.encoder, f"{codec.bit_rate // 1000} kbps" if codec.bit_rate else ""]
+    parts += [f"{key}={value}" for key, value in codec.options.items()]
+    return " ".join(part for part in parts if part)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("-n", type=int, default=5, help="runs per row (median reported)")
+    parser.add_argument("-n", type=int, default=9, help="runs per row (median reported)")
     args = parser.parse_args()
     samples = speech_like(SECONDS, RATE)
+    pcm = to_pcm16(samples).tobytes()
     engine_wav = pcm16_wav(samples, RATE)
     rows: list[dict[str, Any]] = []
-
-    ms, _ = median_ms(lambda: wav_samples(engine_wav), args.n)
-    rows.append({"step": "engine WAV → float32 (wav_samples)", "ms": ms, "bytes": len(engine_wav), "rate": RATE})
+    ms, _ = cpu_ms(lambda: wav_samples(engine_wav), args.n)
+    rows.append({"format": "(engine WAV → float32)", "settings": "", "whole_ms": ms, "stream_ms": None,
+                 "bytes": len(engine_wav), "kbps": None})
     for fmt in OUTPUT_FORMATS:
-        ms, (data, rate) = median_ms(partial(encode, samples, RATE, fmt), args.n)
-        rows.append({"step": f"encode {fmt}", "ms": ms, "bytes": len(data), "rate": rate})
-    for dst in (48000, 24000):
-        ms, out = median_ms(partial(resample, samples, RATE, dst), args.n)
-        rows.append({"step": f"resample {RATE // 1000}→{dst // 1000} kHz", "ms": ms, "bytes": out.nbytes, "rate": dst})
+        whole_ms, (data, _) = cpu_ms(lambda f=fmt: encode(samples, RATE, f), args.n)  # type: ignore[misc]
+        stream_ms, streamed_data = cpu_ms(lambda f=fmt: streamed(pcm, f), args.n)  # type: ignore[misc]
+        rows.append({"format": fmt, "settings": settings_of(fmt), "whole_ms": whole_ms, "stream_ms": stream_ms,
+                     "bytes": len(data), "stream_bytes": len(streamed_data),
+                     "kbps": len(data) * 8 / SECONDS / 1000})
+    ms, data = cpu_ms(lambda: old_mp3(samples), args.n)
+    rows.append({"format": "mp3 (before: libsndfile)", "settings": "LAME VBR default", "whole_ms": ms,
+                 "stream_ms": None, "bytes": len(data), "kbps": len(data) * 8 / SECONDS / 1000})
 
-    print(f"{SECONDS:g} s of {RATE} Hz mono, median of {args.n} runs\n")
-    print("| step | ms | output bytes | output rate |")
-    print("|---|---:|---:|---:|")
+    print(f"{SECONDS:g} s of {RATE} Hz mono speech-like audio; CPU ms = process time, median of {args.n} runs;"
+          " streamed = fed in 1 s chunks\n")
+    print("| format | settings | CPU ms whole | CPU ms streamed | bytes | kbps |")
+    print("|---|---|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['step']} | {row['ms']:.1f} | {row['bytes']:,} | {row['rate']} |")
+        stream_ms = f"{row['stream_ms']:.1f}" if row["stream_ms"] is not None else ""
+        kbps = f"{row['kbps']:.0f}" if row["kbps"] is not None else ""
+        print(f"| {row['format']} | {row['settings']} | {row['whole_ms']:.1f} | {stream_ms} | {row['bytes']:,} |"
+              f" {kbps} |")
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     report = {"seconds": SECONDS, "rate": RATE, "runs": args.n, "rows": rows}

@@ -38,6 +38,10 @@ class Metrics:
             "gateway_stream_ttfb_seconds", "Streaming time to first audio byte", buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.stream_cuts = Counter(
+            "gateway_stream_cuts", "Streams cut after their 200, by reason (engine, stall, deadline, client)",
+            ["reason"], registry=r,
+        )
         self.references = Counter(
             "gateway_references", "Reference intake outcomes (stored, reused, or an error code)", ["outcome"],
             registry=r,

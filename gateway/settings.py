@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         4096, ge=0, description="prepared references remembered by upload hash (metadata only; 0 disables)"
     )
 
+    # --- streaming answers
+    stream_stall_seconds: float = Field(10.0, gt=0, description="drop a streaming client that reads nothing this long")
+    stream_buffer_bytes: int = Field(
+        4_000_000, gt=0, description="encoded audio held for a slow reader; once full, the engine waits"
+    )
+
     @field_validator("engines", mode="before")
     @classmethod
     def _split_engines(cls, value: Any) -> Any:

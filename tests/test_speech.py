@@ -1,8 +1,8 @@
-"""OpenAI-compatible speech: the official SDK unchanged, every output format, streaming passthrough."""
+"""OpenAI-compatible speech: the official SDK unchanged, every output format, whole and streamed (the default;
+more streaming rules in test_speech_streaming.py and test_stream_rules.py)."""
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from gateway.audio.wav import parse_streaming_header
+from tests.audio_decode import decode_audio
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
 from tests.support import assert_error, assert_speech, decode_wav, make_reference, running_engine, wait_until
 
@@ -46,7 +47,7 @@ def test_sdk_round_trip_by_name_and_id(client: openai.OpenAI, gateway: GatewaySe
     assert_speech(samples, rate, expected_rate=32000, min_seconds=0.5, max_seconds=5.0)
     voice_id = gateway.app.state.test_voice_id
     audio = client.audio.speech.create(model="tts-1", voice={"id": voice_id}, input="By id.", response_format="flac")
-    samples, rate = decode_wav(audio.content)
+    samples, rate = decode_audio(audio.content, "flac")  # a FLAC stream: libsndfile cannot read its unknown length
     assert_speech(samples, rate, expected_rate=32000, min_seconds=0.3, max_seconds=4.0)
 
 
@@ -70,28 +71,23 @@ def test_sdk_streaming_response(client: openai.OpenAI) -> None:
 def test_every_format_decodes_at_the_right_rate(gateway: GatewayServer, fmt: str, content_type: str) -> None:
     response = httpx.post(f"{gateway.url}/v1/audio/speech", timeout=60,
                           json={"model": "gpt-sovits", "voice": "anna", "input": "One format at a time.",
-                                "response_format": fmt})
+                                "response_format": fmt, "stream": False})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == content_type
     data = response.content
     if fmt == "pcm":
         samples, rate = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768, 32000
-    elif fmt == "aac":
-        import av
-
-        with av.open(io.BytesIO(data)) as container:
-            frames = [f.to_ndarray().reshape(-1) for f in container.decode(audio=0)]
-            rate = container.streams.audio[0].rate
-        samples = np.concatenate(frames)
+    elif fmt in ("aac", "mp3"):
+        samples, rate = decode_audio(data, fmt)
     else:
-        samples, rate = decode_wav(data)
+        samples, rate = decode_wav(data)  # libsndfile reads the whole clip's FLAC (its length is in the header)
     expected = 48000 if fmt == "opus" else 32000
     assert_speech(samples, rate, expected_rate=expected, min_seconds=0.5, max_seconds=5.0)
 
 
 def test_sample_rate_option(gateway: GatewayServer) -> None:
     body = {"model": "gpt-sovits", "voice": "anna", "input": "Resampled.", "response_format": "wav",
-            "sample_rate": 24000}
+            "sample_rate": 24000, "stream": False}
     response = httpx.post(f"{gateway.url}/v1/audio/speech", json=body, timeout=60)
     assert response.status_code == 200 and response.headers["x-sample-rate"] == "24000"
     samples, rate = decode_wav(response.content)
@@ -118,11 +114,12 @@ def test_multipart_variant_with_reference_audio(gateway: GatewayServer, tmp_path
 
 def test_unsupported_combinations_list_what_is_supported(gateway: GatewayServer) -> None:
     url = f"{gateway.url}/v1/audio/speech"
-    streaming_mp3 = {"input": "x", "voice": "anna", "response_format": "mp3", "stream": True}
-    error = assert_error(httpx.post(url, json=streaming_mp3), 400, "unsupported_format", contains="wav, pcm")
-    assert error["supported"] == ["wav", "pcm"]
-    assert_error(httpx.post(url, json={"input": "x", "voice": "anna", "response_format": "m4a"}),
-                 400, "unsupported_format", contains="mp3")
+    for stream in (True, False):
+        m4a = {"input": "x", "voice": "anna", "response_format": "m4a", "stream": stream}
+        error = assert_error(httpx.post(url, json=m4a), 400, "unsupported_format", contains="mp3, opus")
+        assert error["supported"] == ["wav", "mp3", "opus", "flac", "aac", "pcm"]
+    odd_rate = {"input": "x", "voice": "anna", "sample_rate": 7000}
+    assert_error(httpx.post(url, json=odd_rate), 422, "invalid_request", contains="sample_rate")
     assert_error(httpx.post(url, json={"input": "x", "voice": "nobody"}), 404, "voice_not_found", contains="anna")
     assert_error(httpx.post(url, json={"voice": "anna"}), 422, "invalid_request", contains="input")
 
@@ -189,12 +186,15 @@ def test_speech_refuses_stray_file_fields(gateway: GatewayServer, tmp_path: Path
 
 def test_speech_headers_name_the_engine_and_attempts(gateway: GatewayServer) -> None:
     body = {"model": "gpt-sovits", "voice": "anna", "input": "Headers.", "response_format": "wav"}
-    response = httpx.post(f"{gateway.url}/v1/audio/speech", json=body, timeout=60)
-    assert response.status_code == 200, response.text
-    assert response.headers["x-engine"].startswith("http://127.0.0.1:")
-    assert response.headers["x-engine-attempts"] == "1"
-    assert float(response.headers["x-audio-duration"]) > 0.3
-    assert response.headers["x-voice-id"] == gateway.app.state.test_voice_id
+    for stream in (False, True):
+        response = httpx.post(f"{gateway.url}/v1/audio/speech", json={**body, "stream": stream}, timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-engine"].startswith("http://127.0.0.1:")
+        assert response.headers["x-engine-attempts"] == "1"
+        assert response.headers["x-voice-id"] == gateway.app.state.test_voice_id
+        assert response.headers["x-sample-rate"] == "32000"
+        # a stream's length is not known when its headers leave
+        assert ("x-audio-duration" in response.headers) is not stream
 
 
 def test_api_py_engine_streams_through_the_gateway(tmp_path: Path) -> None:

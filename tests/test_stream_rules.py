@@ -119,6 +119,13 @@ def requests_counted(gateway_url: str, route: str, status: int) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def cuts_counted(gateway_url: str, reason: str) -> float:
+    """`gateway_stream_cuts_total{reason}` from the gateway's /metrics (0 when absent)."""
+    text = httpx.get(f"{gateway_url}/metrics", timeout=10).text
+    match = re.search(rf'^gateway_stream_cuts_total\{{reason="{reason}"\}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
 def readyz(gateway_url: str) -> dict[str, Any]:
     return dict(httpx.get(f"{gateway_url}/readyz", timeout=10).json())
 
@@ -214,6 +221,7 @@ def test_engine_abort_mid_stream_aborts_the_client_stream(
                                            "response_format": "wav", "text_language": "en"}}
     else:
         kwargs = {"data": {"text": LONG[:400], "voice_id": voice["id"], "stream": "true", "text_language": "en"}}
+    cuts_before = cuts_counted(gateway.url, "engine")
     set_engine_faults(engine.url, fault="truncate")
     try:
         with captured_logs("gateway", "uvicorn.error") as logs:
@@ -230,6 +238,7 @@ def test_engine_abort_mid_stream_aborts_the_client_stream(
     assert len(cut) == 1, cut
     assert request_id in cut[0] and engine.url in cut[0] and "aborted the stream" in cut[0], cut[0]
     assert not [r for r in logs.records if r.exc_info], [r.getMessage() for r in logs.records]
+    assert cuts_counted(gateway.url, "engine") == cuts_before + 1
 
 
 # ---------------------------------------------------------------------------------------------- rule 8
@@ -367,7 +376,8 @@ def test_sse_stream_format_is_refused(gateway: GatewayServer) -> None:
 def test_speed_reaches_the_engine(gateway: GatewayServer) -> None:
     durations = {}
     for speed in (0.5, 1.0, 2.0):
-        response = speech(gateway.url, voice="low", response_format="wav", text_language="en", speed=speed)
+        response = speech(gateway.url, voice="low", response_format="wav", text_language="en", speed=speed,
+                          stream=False)
         assert response.status_code == 200, response.text
         samples, rate = decode_wav(response.content)
         assert_speech(samples, rate, expected_rate=32000, min_seconds=0.5, max_seconds=12.0)

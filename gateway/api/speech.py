@@ -2,6 +2,7 @@
 
 The official OpenAI SDK sends `model`, `input`, `voice`, `response_format`, `speed` (and maybe `instructions`,
 `stream_format`); it sends no language, so the text language defaults to the voice's prompt language, else `auto`.
+Like OpenAI's API the answer streams by default, in every format; `"stream": false` returns the whole clip.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gateway.audio.wav import wav_samples
 from gateway.engine.types import SynthesisRequest
 from gateway.errors import BadRequest, NotFound
 from gateway.services.context import Services
-from gateway.services.streaming import STREAM_FORMATS, EngineAudioResponse, open_stream, stream_deadline
+from gateway.services.streaming import EngineAudioResponse, open_stream, stream_deadline
 from gateway.services.synthesis import (
     ResolvedReference,
     build_request,
@@ -53,7 +54,7 @@ class SpeechParams(EngineKnobs):
     input: str = Field(min_length=1)
     voice: str | VoiceRef | None = None
     response_format: str = "mp3"
-    stream: bool = False
+    stream: bool = True  # as OpenAI: audio flows as it is made; false → the whole clip with X-Audio-Duration
     stream_format: Literal["audio"] = "audio"
     sample_rate: int | None = Field(None, ge=8000, le=48000)
     instructions: str | None = None  # accepted for SDK compatibility; GPT-SoVITS takes its style from the reference
@@ -80,14 +81,12 @@ def _voice_for(svc: Services, voice: str | VoiceRef | None) -> Voice | None:
 
 
 def _check_format(params: SpeechParams) -> None:
-    allowed = STREAM_FORMATS if params.stream else tuple(OUTPUT_FORMATS)
-    if params.response_format not in allowed:
-        mode = "streaming " if params.stream else ""
+    if params.response_format not in OUTPUT_FORMATS:
         raise BadRequest(
-            f"response_format '{params.response_format[:32]}' is not supported for {mode}speech; "
-            f"supported: {', '.join(allowed)}",
+            f"response_format '{params.response_format[:32]}' is not supported for speech; "
+            f"supported: {', '.join(OUTPUT_FORMATS)}",
             code="unsupported_format",
-            supported=list(allowed),
+            supported=list(OUTPUT_FORMATS),
         )
 
 
@@ -137,30 +136,32 @@ async def speech(request: Request) -> Response:
     svc = services(request)
     timeout = request_timeout(request)
     params, synthesis, reference = await _prepare(request, svc)
-    if params.stream:
-        fmt: Literal["wav", "pcm"] = "wav" if params.response_format == "wav" else "pcm"
+    fmt = params.response_format
+    if params.stream:  # the length is not known up front: no X-Audio-Duration
         deadline = stream_deadline(svc, timeout, request_arrived(request))
         opened = await unless_disconnected(
             request, open_stream(svc, synthesis, fmt, target_rate=params.sample_rate, deadline=deadline)
         )
         headers = _audio_headers(opened.rate, reference)
+        headers["X-Engine"] = opened.engine
+        headers["X-Engine-Attempts"] = str(opened.attempts)
         return EngineAudioResponse(opened, media_type=OUTPUT_FORMATS[fmt], headers=headers, deadline=deadline)
     result = await unless_disconnected(request, svc.pool.synthesize(synthesis, timeout=timeout))
     svc.metrics.audio_seconds.inc(result.duration)
-    if params.response_format == "wav" and params.sample_rate in (None, result.sample_rate):
+    if fmt == "wav" and params.sample_rate in (None, result.sample_rate):
         data, rate = result.wav, result.sample_rate  # already a PCM16 WAV: no re-encode
     else:
 
         def convert() -> tuple[bytes, int]:
             samples, source_rate = wav_samples(result.wav)
-            return encode(samples, source_rate, params.response_format, target_rate=params.sample_rate)
+            return encode(samples, source_rate, fmt, target_rate=params.sample_rate)
 
         data, rate = await anyio.to_thread.run_sync(convert)
     headers = _audio_headers(rate, reference)
     headers["X-Audio-Duration"] = f"{result.duration:.3f}"
     headers["X-Engine"] = result.engine.url
     headers["X-Engine-Attempts"] = str(result.attempts)
-    return Response(data, media_type=OUTPUT_FORMATS[params.response_format], headers=headers)
+    return Response(data, media_type=OUTPUT_FORMATS[fmt], headers=headers)
 
 
 def _audio_headers(rate: int, reference: ResolvedReference) -> dict[str, str]:

@@ -1,90 +1,122 @@
-"""Streaming passthrough: the engine's PCM goes to the client as it arrives, never buffered as a clip."""
+"""Streaming answers: the engine's PCM is encoded as it arrives and sent on, never buffered as a whole clip.
+
+The engine reader and the client writer are decoupled by a bounded buffer, so the engine's slot comes back
+the moment the engine is done, however slowly the client reads; a client that makes no read progress for
+`stream_stall_seconds` is dropped. Before the first byte an engine failure still fails over (the pool opens
+the stream only once audio arrived); after it the body is cut, logged and counted.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import deque
 from contextlib import AsyncExitStack
-from typing import Literal
 
 import anyio
-import numpy as np
-import soxr
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from anyio import CancelScope
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
-from gateway.audio.wav import streaming_wav_header
+from gateway.audio.convert import check_output
+from gateway.audio.encoders import StreamEncoder, stream_encoder
+from gateway.engine.stream import EngineStream
 from gateway.engine.types import SynthesisRequest
 from gateway.errors import EngineError
 from gateway.services.context import Services
 
-StreamFormat = Literal["wav", "pcm"]
-STREAM_FORMATS: tuple[str, ...] = ("wav", "pcm")
-
 log = logging.getLogger("gateway.services.streaming")
 
-
-class _StreamCut(Exception):
-    """The engine's stream failed after our 200 went out: the client's body must end aborted, not cleanly."""
-
-    def __init__(self, error: EngineError) -> None:
-        super().__init__(error.message)
-        self.error = error
+#: Most bytes handed to the server in one send: a slow but steady reader completes each send well within the
+#: stall limit, while a fast one still gets large writes.
+SEND_BYTES = 64 * 1024
 
 
-class _PcmResampler:
-    """Chunk-by-chunk int16 resampling with soxr's streaming state (no clicks at chunk edges)."""
+class ByteBuffer:
+    """Encoded audio between the engine reader and the client writer, bounded in bytes: when it is full the
+    reader waits (backpressure holds the engine, which is acceptable: the buffer holds minutes of speech)."""
 
-    def __init__(self, src_rate: int, dst_rate: int) -> None:
-        self._stream = soxr.ResampleStream(src_rate, dst_rate, 1, dtype="float32")
-        self._carry = b""
+    def __init__(self, limit: int) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._limit = limit
+        self._closed = False
+        self._readable = asyncio.Event()
+        self._room = asyncio.Event()
+        self.error: EngineError | None = None
 
-    def feed(self, pcm: bytes, *, last: bool = False) -> bytes:
-        pcm = self._carry + pcm
-        usable = len(pcm) - len(pcm) % 2  # a network read can split a sample
-        self._carry = pcm[usable:]
-        samples = np.frombuffer(pcm[:usable], dtype="<i2").astype(np.float32) / 32768.0
-        out = self._stream.resample_chunk(samples, last=last)
-        return bytes((np.clip(out, -1.0, 1.0) * 32767.0).astype("<i2").tobytes())
+    async def put(self, data: bytes) -> None:
+        while self._size >= self._limit and not self._closed:
+            self._room.clear()
+            await self._room.wait()
+        self._chunks.append(data)
+        self._size += len(data)
+        self._readable.set()
+
+    def close(self, error: EngineError | None = None) -> None:
+        """No more data; `error`: the engine failed after the first byte (the writer cuts the body)."""
+        self._closed, self.error = True, error
+        self._readable.set()
+        self._room.set()
+
+    async def take(self, most: int) -> bytes | None:
+        """Up to `most` bytes (at least one whole chunk), or None once closed and empty."""
+        while not self._chunks and not self._closed:
+            self._readable.clear()
+            await self._readable.wait()
+        if not self._chunks:
+            return None
+        pieces = [self._chunks.popleft()]
+        taken = len(pieces[0])
+        while self._chunks and taken + len(self._chunks[0]) <= most:
+            pieces.append(self._chunks.popleft())
+            taken += len(pieces[-1])
+        self._size -= taken
+        self._room.set()
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 class OpenedStream:
-    """An engine stream that has started: its rate, its body, and an idempotent close that frees the slot."""
+    """An engine stream that has started: its encoder, the engine's identity, and an idempotent close."""
 
-    def __init__(self, services: Services, stack: AsyncExitStack, chunks: AsyncIterator[bytes], *,
-                 engine_rate: int, rate: int, fmt: StreamFormat, started: float) -> None:
-        self.rate = rate
-        self._services = services
+    def __init__(self, services: Services, stack: AsyncExitStack, stream: EngineStream, encoder: StreamEncoder,
+                 started: float) -> None:
+        self.rate = encoder.rate
+        self.engine = stream.engine.url
+        self.attempts = stream.attempts
+        self.services = services
         self._stack = stack
-        self._chunks = chunks
-        self._resampler = _PcmResampler(engine_rate, rate) if rate != engine_rate else None
-        self._fmt = fmt
+        self._stream = stream
+        self._encoder = encoder
         self._started = started
 
-    async def body(self) -> AsyncIterator[bytes]:
-        frames = 0
+    async def produce(self, buffer: ByteBuffer) -> None:
+        """Engine chunks → encoder → buffer. The engine is let go as soon as its stream ends, before the
+        encoder's flush and whatever the client still has to read."""
+        metrics = self.services.metrics
+        encoder = self._encoder
+        samples = 0
         first = True
         try:
-            if self._fmt == "wav":
-                yield streaming_wav_header(self.rate)
-            try:
-                async for chunk in self._chunks:
-                    data = self._resampler.feed(chunk) if self._resampler else chunk
-                    if not data:
-                        continue
+            async for chunk in self._stream.chunks():
+                samples += len(chunk) // 2
+                data = await anyio.to_thread.run_sync(encoder.feed, chunk) if encoder.costly else encoder.feed(chunk)
+                if data:
                     if first:
-                        self._services.metrics.time_to_first_byte.observe(time.perf_counter() - self._started)
+                        metrics.time_to_first_byte.observe(time.perf_counter() - self._started)
                         first = False
-                    frames += len(data) // 2
-                    yield data
-            except EngineError as exc:  # an abort or a deadline mid-body: EngineAudioResponse cuts the stream
-                raise _StreamCut(exc) from exc
-            if self._resampler:
-                yield self._resampler.feed(b"", last=True)
-            self._services.metrics.audio_seconds.inc(frames / self.rate)
-        finally:
+                    await buffer.put(data)
+        except EngineError as exc:  # an abort or a deadline mid-body: the writer cuts the client's body
             await self.aclose()
+            buffer.close(exc)
+            return
+        await self.aclose()
+        tail = await anyio.to_thread.run_sync(encoder.finish) if encoder.costly else encoder.finish()
+        if tail:
+            await buffer.put(tail)
+        metrics.audio_seconds.inc(samples / self._stream.sample_rate)
+        buffer.close()
 
     async def aclose(self) -> None:
         """Release the engine slot and close the upstream response (safe to call more than once)."""
@@ -92,40 +124,80 @@ class OpenedStream:
             await self._stack.aclose()
 
 
-class EngineAudioResponse(StreamingResponse):
+class EngineAudioResponse(Response):
     """Streams an OpenedStream until the request's deadline, and always closes it.
 
-    The deadline (`stream_deadline`, time.monotonic()) matters because a client that keeps its socket open
-    but stops reading would otherwise hold the engine slot for ever (the body generator is never resumed
-    while the send waits); the `finally` matters because a generator that never started never runs its own
-    `finally`. Either way the body ends without its terminating chunk, so the client sees an aborted stream.
-
-    An engine failure mid-body is one warning line (request id, engine, reason), not an ASGI traceback:
-    returning without completing the response makes uvicorn close the connection, as an exception would
-    (uvicorn still logs its one-line "ASGI callable returned without completing response.").
+    The engine reader runs in the request's task, the client writer beside it. A cut stream (engine failure
+    after the 200, a client that stalls for `stream_stall_seconds`, the deadline `stream_deadline`) ends
+    without its terminating chunk, so the client sees an aborted body; it is one warning line and one count
+    of `gateway_stream_cuts{reason}`, not an ASGI traceback (uvicorn closes the connection and logs its
+    one-line "ASGI callable returned without completing response.").
     """
 
     def __init__(self, opened: OpenedStream, *, media_type: str, headers: dict[str, str], deadline: float) -> None:
-        super().__init__(opened.body(), media_type=media_type, headers=headers)
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers(headers)  # no body: no content-length, so the server sends it chunked
         self._opened = opened
         self._deadline = deadline
+        settings = opened.services.settings
+        self._stall = settings.stream_stall_seconds
+        self._buffer = ByteBuffer(settings.stream_buffer_bytes)
+        self._cut: tuple[str, str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            with anyio.move_on_after(self._deadline - time.monotonic()):  # past it the body is cut
-                await super().__call__(scope, receive, send)
-        except _StreamCut as cut:
-            request_id = scope.get("state", {}).get("request_id", "-")
-            log.warning("stream cut after its 200 (request %s, engine %s): %s", request_id,
-                        cut.error.engine or "-", cut.error.message)
+            with anyio.move_on_after(self._deadline - time.monotonic()) as limit:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._write, send, group.cancel_scope)
+                    group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
+                    await self._opened.produce(self._buffer)
+            if limit.cancelled_caught:
+                self._cut = ("deadline", "the stream time limit passed")
         finally:
             await self._opened.aclose()
+        if self._cut is not None:
+            reason, message = self._cut
+            self._opened.services.metrics.stream_cuts.labels(reason=reason).inc()
+            request_id = scope.get("state", {}).get("request_id", "-")
+            level = logging.INFO if reason == "client" else logging.WARNING
+            log.log(level, "stream cut after its 200 (request %s, engine %s): %s", request_id,
+                    self._opened.engine, message)
+
+    async def _write(self, send: Send, group: CancelScope) -> None:
+        """Client writer: headers, then the buffer as it fills; ends the whole response when done or cut."""
+        buffer = self._buffer
+        if await self._send(send, {"type": "http.response.start", "status": 200, "headers": self.raw_headers}):
+            while (data := await buffer.take(SEND_BYTES)) is not None:
+                if not await self._send(send, {"type": "http.response.body", "body": data, "more_body": True}):
+                    break
+            else:
+                if buffer.error is not None:
+                    self._cut = ("engine", buffer.error.message)
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        group.cancel()
+
+    async def _send(self, send: Send, message: Message) -> bool:
+        """One send within the stall limit: a send only waits while the client is not reading."""
+        with anyio.move_on_after(self._stall) as stalled:
+            await send(message)
+        if stalled.cancelled_caught:
+            self._cut = ("stall", f"the client read nothing for {self._stall:g} s")
+        return not stalled.cancelled_caught
+
+    async def _watch_disconnect(self, receive: Receive, group: CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._cut = self._cut or ("client", "the client went away")
+        group.cancel()
 
 
 async def open_stream(
     services: Services,
     request: SynthesisRequest,
-    fmt: StreamFormat,
+    fmt: str,
     *,
     target_rate: int | None,
     deadline: float,
@@ -135,16 +207,19 @@ async def open_stream(
     Everything that can still become a clean JSON error (queue full, no engine, the engine refusing before its
     first byte, the deadline already past) happens here, before the HTTP response starts.
     """
+    if target_rate is not None:
+        check_output(fmt, target_rate)
     started = time.perf_counter()
     stack = AsyncExitStack()
     try:
         timeout = deadline - time.monotonic()  # ≤ 0: the pool answers with an EngineTimeout (504) at once
         stream = await stack.enter_async_context(services.pool.stream(request, timeout=timeout))
+        rate = check_output(fmt, target_rate or stream.sample_rate)
+        encoder = stream_encoder(fmt, stream.sample_rate, rate)
     except BaseException:
         await stack.aclose()
         raise
-    return OpenedStream(services, stack, stream.chunks(), engine_rate=stream.sample_rate,
-                        rate=target_rate or stream.sample_rate, fmt=fmt, started=started)
+    return OpenedStream(services, stack, stream, encoder, started)
 
 
 def stream_deadline(services: Services, timeout: float | None, arrived: float) -> float:
