@@ -88,7 +88,9 @@ class EnginePool:
         self._engines: list[EngineState] = []
         # The list is filled by start(); the slot queue and the prober see the same list object.
         self._slots = SlotQueue(settings, self._engines, metrics)
-        self._prober = Prober(self._engines, settings.probe_interval, self._engine_changed)
+        self._prober = Prober(
+            self._engines, settings.probe_interval, settings.down_probe_interval, self._engine_changed
+        )
         self._probe_task: asyncio.Task[None] | None = None
         self._cooldown_timers: dict[str, asyncio.TimerHandle] = {}
         self._running_calls: set[asyncio.Task[Any]] = set()
@@ -113,6 +115,7 @@ class EnginePool:
             self._probe_task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._probe_task
+        await self._prober.close()
         for timer in self._cooldown_timers.values():
             timer.cancel()
         self._slots.close()
@@ -228,6 +231,7 @@ class EnginePool:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
+                    await self._revive_if_none_up(fits, deadline)
                     engine, waited = await self._slots.acquire(
                         req.weights, frozenset(tried), deadline, retry=attempts > 1, fits=fits
                     )
@@ -242,6 +246,19 @@ class EnginePool:
             self._add_retry_hint(exc, attempts)
             raise
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _revive_if_none_up(self, fits: Callable[[EngineState], bool], deadline: float) -> None:
+        """No engine that fits is up: probe the down ones now (shared, rate-limited probes) before the
+        slot queue refuses, so a request sent right after an engine (re)starts is served, not refused."""
+        now = time.monotonic()
+        candidates = [engine for engine in self._engines if fits(engine)]
+        if any(engine.selectable(now) for engine in candidates):
+            return
+        revivable = [engine for engine in candidates if engine.revivable(now)]
+        if revivable:
+            with suppress(TimeoutError):  # out of time: the slot queue refuses with its usual 503
+                async with asyncio.timeout_at(deadline):
+                    await self._prober.revive(revivable)
 
     def _add_retry_hint(self, exc: EngineError, attempts: int) -> None:
         """A failure another try may cure (5xx, silence, cut-off, refused) tells the client when to come back."""
@@ -344,10 +361,14 @@ class EnginePool:
     ) -> None:
         """Release the slot and apply the outcome to the engine's health (`seconds`: a success's engine time).
         An explicit `outcome` marks a neutral end (stream left early): no health change either way."""
+        was_down = engine.down
         cooldown = engine.record(error, self._settings, time.monotonic()) if outcome is None else None
         if cooldown is not None:
             log.warning("engine %s cools down for %.1fs after: %s", engine.url, cooldown, error)
             self._schedule_cooldown_end(engine, cooldown)
+        elif engine.down and not was_down:
+            log.warning("engine %s is unreachable (%s); out of selection until a probe sees it answer",
+                        engine.url, error)
         if error is None and seconds is not None:
             self._slots.record_engine_seconds(seconds)
         if self._metrics is not None:
