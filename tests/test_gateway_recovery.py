@@ -125,10 +125,31 @@ def test_first_request_after_the_engine_appears_is_served_by_an_on_demand_probe(
                 restarted.result()
 
 
-def test_no_503_while_the_engine_is_up_and_readyz_follows_within_a_second(tmp_path: Path, reference: bytes) -> None:
-    """Gateway first, engine later; then the engine killed and restarted; two clients send all along.
-    Break: no down-engine probe interval (down engines probed every probe_interval) → /readyz late;
-    no on-demand probe → 503s right after each start."""
+def test_readyz_turns_ready_within_a_second_of_the_engine_answering(tmp_path: Path, reference: bytes) -> None:
+    """No traffic: only the probe loop can turn /readyz ready. Break: down engines probed every
+    probe_interval (5 s here) like healthy ones (EngineState.probe_due) → /readyz seconds late."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running_gateway(fast_settings(tmp_path, [url], probe_interval=5.0)) as gw:
+        time.sleep(0.3)
+        with engine_starting(port) as starting:
+            ready_first = readyz_delay(gw.url, engine_answers_at(url))
+            engine = starting.result()
+            engine.kill()
+            assert clone(gw.url, reference).status_code == 503  # the request finds it gone
+            assert httpx.get(f"{gw.url}/readyz").status_code == 503
+            with ThreadPoolExecutor(1) as pool:
+                restarted = pool.submit(engine.restart)
+                ready_again = readyz_delay(gw.url, engine_answers_at(url))
+                restarted.result()
+    assert ready_first <= READY_WITHIN and ready_again <= READY_WITHIN, (ready_first, ready_again)
+
+
+def test_no_503_while_the_engine_is_up(tmp_path: Path, reference: bytes) -> None:
+    """Gateway first, engine later; then the engine killed and restarted; two clients send all along, and
+    every request sent after the engine answered and answered before it was killed is served.
+    Break: no on-demand probe → the requests between the engine's first answer and the next probe
+    tick get 503 (likely, not certain: the on-demand test above is the deterministic one)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with running_gateway(fast_settings(tmp_path, [url], probe_interval=5.0)) as gw, steady_clients(
@@ -137,7 +158,6 @@ def test_no_503_while_the_engine_is_up_and_readyz_follows_within_a_second(tmp_pa
         time.sleep(0.5)  # the clients meet a gateway with no engine
         with engine_starting(port) as starting:
             up_first = engine_answers_at(url)
-            ready_first = readyz_delay(gw.url, up_first)
             engine = starting.result()
             time.sleep(PHASE_SECONDS)
             down_at = time.monotonic()
@@ -146,7 +166,6 @@ def test_no_503_while_the_engine_is_up_and_readyz_follows_within_a_second(tmp_pa
             with ThreadPoolExecutor(1) as pool:
                 restarted = pool.submit(engine.restart)
                 up_again = engine_answers_at(url)
-                ready_again = readyz_delay(gw.url, up_again)
                 restarted.result()
             time.sleep(PHASE_SECONDS)
             end_at = time.monotonic()
@@ -158,4 +177,3 @@ def test_no_503_while_the_engine_is_up_and_readyz_follows_within_a_second(tmp_pa
     assert len(up) >= 20, f"only {len(up)} requests in {2 * PHASE_SECONDS:.0f} s"
     assert any(s.status == 503 for s in sent if s.at < up_first), "the clients never met the missing engine"
     assert any(s.status == 503 for s in sent if down_at <= s.at < up_again), "the clients never met the kill"
-    assert ready_first <= READY_WITHIN and ready_again <= READY_WITHIN, (ready_first, ready_again)
