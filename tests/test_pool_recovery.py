@@ -114,8 +114,10 @@ async def test_killed_engine_is_down_not_cooling_and_the_first_request_after_res
 
 
 async def test_engine_cooling_from_bad_answers_is_not_probed_on_demand(ref: Path) -> None:
-    """A cooling engine stays out until its cooldown ends, whatever a probe would say: 503 at once with
-    Retry-After. Break: revive cooling engines too (health.revivable ignoring the cooldown) → it is served."""
+    """A cooling engine stays out until its cooldown ends, whatever a probe would say: 503 at once, with
+    Retry-After from the cooldown. (Which engines a request probes is pinned by the health unit tests.)
+    Break: serve a cooling engine once a probe sees it answer (`_revive_if_none_up` clearing
+    cooldown_until) → the second request is served."""
     with running_engine("--debug-routes", "--fault", "500") as engine:
         async with started_pool([engine], cooldown_after_failures=1, cooldown_seconds=5.0,
                                 cooldown_max_seconds=5.0, **NO_BACKGROUND) as pool:
