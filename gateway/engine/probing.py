@@ -88,7 +88,13 @@ class Prober:
                 self._start(engine)
                 running = self._running[engine.url]
             started, task = running
-            await asyncio.shield(task)  # one waiter leaving must not cancel everyone's probe
+            try:
+                await asyncio.shield(task)  # one waiter leaving must not cancel everyone's probe
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if task.cancelled() and current is not None and not current.cancelling():
+                    return  # close() cancelled the probe, not our caller: the closed pool refuses next
+                raise
             if started >= asked:
                 return
             # that probe began before we asked: the engine may have come up since, so one more
