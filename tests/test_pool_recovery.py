@@ -94,7 +94,7 @@ async def test_a_request_probes_a_down_engine_once_for_everyone_and_at_a_bounded
 
 
 async def test_killed_engine_is_down_not_cooling_and_the_first_request_after_restart_is_served(ref: Path) -> None:
-    """Break: no on-demand probe in the pool (`_revive_if_none_up` returns at once) → 503 after the restart;
+    """Break: no on-demand probe in the pool (`Prober.revive_if_none_up` returns at once) → 503 after the restart;
     health.record cooling a refused connection → state cooling_down."""
     with running_engine("--debug-routes") as engine:
         async with started_pool([engine], **NO_BACKGROUND) as pool:
@@ -116,7 +116,7 @@ async def test_killed_engine_is_down_not_cooling_and_the_first_request_after_res
 async def test_engine_cooling_from_bad_answers_is_not_probed_on_demand(ref: Path) -> None:
     """A cooling engine stays out until its cooldown ends, whatever a probe would say: 503 at once, with
     Retry-After from the cooldown. (Which engines a request probes is pinned by the health unit tests.)
-    Break: serve a cooling engine once a probe sees it answer (`_revive_if_none_up` clearing
+    Break: serve a cooling engine once a probe sees it answer (`Prober.revive_if_none_up` clearing
     cooldown_until) → the second request is served."""
     with running_engine("--debug-routes", "--fault", "500") as engine:
         async with started_pool([engine], cooldown_after_failures=1, cooldown_seconds=5.0,

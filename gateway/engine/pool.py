@@ -231,7 +231,9 @@ class EnginePool:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    await self._revive_if_none_up(fits, deadline)
+                    # nothing up that fits: probe the down engines first, so a request sent right after
+                    # an engine (re)starts is served, not refused
+                    await self._prober.revive_if_none_up(fits, deadline)
                     engine, waited = await self._slots.acquire(
                         req.weights, frozenset(tried), deadline, retry=attempts > 1, fits=fits
                     )
@@ -246,19 +248,6 @@ class EnginePool:
             self._add_retry_hint(exc, attempts)
             raise
         raise AssertionError("unreachable: tenacity re-raises the last error")
-
-    async def _revive_if_none_up(self, fits: Callable[[EngineState], bool], deadline: float) -> None:
-        """No engine that fits is up: probe the down ones now (shared, rate-limited probes) before the
-        slot queue refuses, so a request sent right after an engine (re)starts is served, not refused."""
-        now = time.monotonic()
-        candidates = [engine for engine in self._engines if fits(engine)]
-        if any(engine.selectable(now) for engine in candidates):
-            return
-        revivable = [engine for engine in candidates if engine.revivable(now)]
-        if revivable:
-            with suppress(TimeoutError):  # out of time: the slot queue refuses with its usual 503
-                async with asyncio.timeout_at(deadline):
-                    await self._prober.revive(revivable)
 
     def _add_retry_hint(self, exc: EngineError, attempts: int) -> None:
         """A failure another try may cure (5xx, silence, cut-off, refused) tells the client when to come back."""

@@ -65,6 +65,19 @@ class Prober:
             except Exception:  # the loop must outlive any bug in one probe
                 log.exception("engine probe failed unexpectedly")
 
+    async def revive_if_none_up(self, fits: Callable[[EngineState], bool], deadline: float) -> None:
+        """No engine that `fits` is up: probe the revivable ones now (bounded by `deadline`); the caller
+        then takes a slot or is refused as before."""
+        now = time.monotonic()
+        candidates = [engine for engine in self._engines if fits(engine)]
+        if any(engine.selectable(now) for engine in candidates):
+            return
+        revivable = [engine for engine in candidates if engine.revivable(now)]
+        if revivable:
+            with suppress(TimeoutError):  # out of time: the slot queue refuses with its usual 503
+                async with asyncio.timeout_at(deadline):
+                    await self.revive(revivable)
+
     async def revive(self, engines: Sequence[EngineState]) -> None:
         """Return once each revivable engine among `engines` has had a probe that started after this call
         (or is up, or has a request on it). A probe already in flight is joined, not repeated."""
