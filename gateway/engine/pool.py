@@ -16,6 +16,8 @@ Decisions worth knowing:
   sized generously from the slowest chunk wait seen on that engine (stream.stop_grace_for says why).
 - Capabilities: an engine whose model cannot take the request's languages, or an api.py engine for a
   reference-free request, is never a candidate (selection.capability_filter).
+- Recovery: a request that finds no engine up first waits for a fresh probe of the down ones (shared and
+  rate-limited, probing.py), so the first request after an engine (re)starts is served, not refused.
 """
 
 from __future__ import annotations
