@@ -239,9 +239,8 @@ def test_probe_due_for_a_healthy_engine_every_interval() -> None:
 
 def test_probe_due_for_a_down_engine_every_down_interval() -> None:
     engine = make_engine(down=True)
-    engine.last_probe = 100.0
-    # 0.9 × 0.25 s = 0.225 s
-    assert [engine.probe_due(now, INTERVAL, DOWN) for now in (100.2, 100.23, 100.3)] == [False, True, True]
+    engine.last_probe = 0.0  # 0.9 × 0.25 s = 0.225 s, exactly (in binary too) at the boundary
+    assert [engine.probe_due(now, INTERVAL, DOWN) for now in (0.2, 0.225, 0.3)] == [False, True, True]
 
 
 def test_probe_due_for_a_hung_engine_normal_interval_while_cooling_then_at_once() -> None:

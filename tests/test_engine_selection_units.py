@@ -207,5 +207,5 @@ def test_no_engine_error_retry_after_without_cooldowns() -> None:
     assert error.retry_after == 7.0 and error.message.endswith("(0 cooling down, 1 down of 1): http://a is down; "
                                                                "retry in 7s")
     assert SlotQueue(make_settings(down_probe_interval=0.2), [down], None).no_engine_error(50.0).retry_after == 1.0
-    down.cooldown_until = 50.4
-    assert SlotQueue(SETTINGS, [down], None).no_engine_error(50.0).retry_after == 1.0  # never below 1 s
+    down.cooldown_until = 50.4  # a cooldown ending sooner than the down-probe hint wins, but never below 1 s
+    assert SlotQueue(make_settings(down_probe_interval=7.0), [down], None).no_engine_error(50.0).retry_after == 1.0

@@ -59,11 +59,11 @@ class Prober:
                     await self.kick.wait()
             self.kick.clear()
             now = time.monotonic()
-            due = [engine for engine in self._engines if engine.probe_due(now, self._interval, self._down_interval)]
-            try:  # _start claims each engine (`probing`) before anything awaits
-                await asyncio.gather(*(self._start(engine) for engine in due))
-            except Exception:  # the loop must outlive any bug in one probe
-                log.exception("engine probe failed unexpectedly")
+            for engine in self._engines:
+                # not awaited: an engine whose probe takes the whole connect_timeout (hung, or a host that
+                # drops packets) must not hold back the probes of the others
+                if engine.probe_due(now, self._interval, self._down_interval):
+                    self._start(engine)
 
     async def revive_if_none_up(self, fits: Callable[[EngineState], bool], deadline: float) -> None:
         """No engine that `fits` is up: probe the revivable ones now (bounded by `deadline`); the caller
@@ -126,6 +126,8 @@ class Prober:
     def _forget(self, url: str, task: asyncio.Task[None]) -> None:
         if url in self._running and self._running[url][1] is task:
             del self._running[url]
+        if not task.cancelled() and (error := task.exception()) is not None:  # a bug: the loop goes on
+            log.error("engine %s probe failed unexpectedly", url, exc_info=error)
 
     async def _probe(self, engine: EngineState, *, first_contact: bool) -> None:
         """Probe an idle engine (`probing` is set, which keeps requests off it meanwhile)."""

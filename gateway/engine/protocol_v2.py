@@ -17,7 +17,7 @@ Error classification (engine-protocol §3.5, §11) — what the engine answers �
 | 400 tts failed: `prompt_text cannot be empty ...` (v3/v4)      | EngineRejected 422     | reference-free unsupported|
 | 400 tts failed: `<path> not exists`                            | EngineBadResponse 502  | this engine cannot see the|
 |                                                                |  (retried elsewhere)   | shared dir: a deploy fault|
-| 400 tts failed: anything else (frontend crash on this text,     | EngineRejected 422     | the engine answered, so it|
+| 400 tts failed: anything else (frontend crash on this text,    | EngineRejected 422     | the engine answered, so it|
 |     `embedded null character`, bare assertion)                 |  (not retried)         | is well: it could not take|
 |                                                                |                        | *this* request (below)    |
 | 422 (FastAPI validation of our body)                           | EngineRejected 422     | a knob of the wrong type  |
