@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,44 @@ async def test_engine_cooling_from_bad_answers_is_not_probed_on_demand(ref: Path
                 await pool.synthesize(synthesis_request(ref))
             assert time.monotonic() - started < 0.5 and refused.value.retry_after is not None
             assert refused.value.retry_after > 3.0
+
+
+@asynccontextmanager
+async def silent_listener(port: int) -> AsyncIterator[None]:
+    """A socket on `port` that accepts connections and never answers (a hung host)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", port)
+    try:
+        yield
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_hung_engines_slow_probe_holds_back_no_other_engine(ref: Path) -> None:
+    """Engine A accepts and never answers, so each of its probes lasts the whole connect_timeout (4 s);
+    engine B starts later and must join within the down-probe interval, not after A's probe.
+    Break: the probe loop awaiting its probes (as it did) → B joins up to 4 s late."""
+    hung_port, port = free_port(), free_port()
+    async with silent_listener(hung_port), started_pool(
+        [f"http://127.0.0.1:{hung_port}", f"http://127.0.0.1:{port}"], connect_timeout=4.0,
+        down_probe_interval=0.1, probe_interval=60.0,
+    ) as pool:
+        with ExitStack() as stack:  # started in a thread: the pool's loop keeps running meanwhile
+            engine = await asyncio.to_thread(stack.enter_context, running_engine("--debug-routes", port=port))
+            answered = time.monotonic()  # running_engine returns once the engine answers /openapi.json
+            await wait_until_async(lambda: pool.status()["engines"][1]["state"] == "ready", timeout=10)
+            joined = time.monotonic() - answered
+            assert pool.status()["engines"][0]["state"] == "down"
+            assert joined < 1.0, f"engine B joined {joined:.2f} s after it answered"
+            result = await pool.synthesize(synthesis_request(ref))
+            assert result.engine.url == engine.url
 
 
 # ---------------------------------------------------------------------- item 8: the caller's fault
