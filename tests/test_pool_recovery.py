@@ -169,6 +169,25 @@ async def test_a_hung_engines_slow_probe_holds_back_no_other_engine(ref: Path) -
             assert result.engine.url == engine.url
 
 
+async def test_a_request_is_served_by_the_engine_that_came_back_without_waiting_for_a_hung_ones_probe(
+    ref: Path,
+) -> None:
+    """Only on-demand probes (no background ones); engine A's probes last the whole connect_timeout (4 s).
+    Break: revive_if_none_up waiting for every probe → the request waits out A's 4 s probe."""
+    hung_port, port = free_port(), free_port()
+    async with silent_listener(hung_port), started_pool(
+        [f"http://127.0.0.1:{hung_port}", f"http://127.0.0.1:{port}"], connect_timeout=4.0, **NO_BACKGROUND
+    ) as pool:
+        with ExitStack() as stack:
+            engine = await asyncio.to_thread(stack.enter_context, running_engine("--debug-routes", port=port))
+            started = time.monotonic()
+            result = await pool.synthesize(synthesis_request(ref))
+            took = time.monotonic() - started
+            assert result.engine.url == engine.url and result.frames > 0
+            assert took < 3.0, f"served after {took:.2f} s: it waited for the hung engine's probe"
+            assert pool.status()["engines"][0]["state"] == "down"
+
+
 # ---------------------------------------------------------------------- item 8: the caller's fault
 
 

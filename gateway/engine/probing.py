@@ -1,5 +1,5 @@
 """Probes: healthy idle engines every `probe_interval`, down engines every `down_probe_interval`, and down
-engines at once when a request finds no engine up (`revive`), so the first request after an engine
+engines at once when a request finds no engine up (`revive_if_none_up`), so the first request after an engine
 (re)starts is served instead of refused.
 
 An engine is only probed while the pool has nothing in flight on it (api_v2 answers nothing while it
@@ -66,23 +66,26 @@ class Prober:
                     self._start(engine)
 
     async def revive_if_none_up(self, fits: Callable[[EngineState], bool], deadline: float) -> None:
-        """No engine that `fits` is up: probe the revivable ones now (bounded by `deadline`); the caller
-        then takes a slot or is refused as before."""
-        now = time.monotonic()
-        candidates = [engine for engine in self._engines if fits(engine)]
-        if any(engine.selectable(now) for engine in candidates):
-            return
-        revivable = [engine for engine in candidates if engine.revivable(now)]
-        if revivable:
-            with suppress(TimeoutError):  # out of time: the slot queue refuses with its usual 503
-                async with asyncio.timeout_at(deadline):
-                    await self.revive(revivable)
-
-    async def revive(self, engines: Sequence[EngineState]) -> None:
-        """Return once each revivable engine among `engines` has had a probe that started after this call
-        (or is up, or has a request on it). A probe already in flight is joined, not repeated."""
+        """No engine that `fits` is up: probe the revivable ones now, and return as soon as one is up, or
+        each has had a probe that started after this call, or the deadline passes. (Not waiting for them
+        all: a hung engine's probe lasts the whole connect_timeout.) The caller then takes a slot or is
+        refused as before. A probe already in flight is joined, not repeated."""
         asked = time.monotonic()
-        await asyncio.gather(*(self._fresh_probe(engine, asked) for engine in engines))
+        candidates = [engine for engine in self._engines if fits(engine)]
+        if any(engine.selectable(asked) for engine in candidates):
+            return
+        pending = {asyncio.create_task(self._fresh_probe(e, asked)) for e in candidates if e.revivable(asked)}
+        waiters = set(pending)
+        try:
+            async with asyncio.timeout_at(deadline):
+                while pending and not any(engine.selectable(time.monotonic()) for engine in candidates):
+                    _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            pass  # out of time: the slot queue refuses with its usual 503
+        finally:
+            for waiter in waiters:  # only the waiting stops: a shared probe runs on (`_fresh_probe` shields it)
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
 
     async def close(self) -> None:
         tasks = [task for _, task in self._running.values()]
