@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     cooldown_seconds: float = Field(5.0, gt=0)
     cooldown_max_seconds: float = Field(60.0, gt=0)
     probe_interval: float = Field(5.0, gt=0)
+    down_probe_interval: float = Field(
+        0.25, gt=0, description="how often a down engine is probed (and at most how often on demand)"
+    )
     # NoDecode: the validator below parses the JSON, so an empty GATEWAY_MODELS= means "none", not a crash
     models: Annotated[dict[str, ModelWeights], NoDecode] = Field(default_factory=dict)
 

@@ -37,7 +37,7 @@ from tests.engine_units import SETTINGS, failure, make_engine, make_settings
         (EngineUnavailable("no engine is available"), "silent"),  # pool-level: names no engine
         (EngineTimeout("the caller's deadline"), "silent"),
         (EngineBadResponse("no engine named"), "silent"),
-        (failure(EngineTimeout), "gone"),
+        (failure(EngineTimeout), "hung"),
         (failure(EngineUnavailable), "gone"),
         (failure(EngineBadResponse), "failed"),
         (failure(EngineBadResponse, code="engine_silence"), "failed"),
@@ -144,12 +144,22 @@ def test_bad_answer_cools_at_the_threshold_of_one() -> None:
     assert engine.cooldown_until == 15.0
 
 
-@pytest.mark.parametrize("kind", [EngineTimeout, EngineUnavailable])
-def test_timeout_or_unreachable_marks_down_and_cools_at_once(kind: type[EngineError]) -> None:
+def test_timeout_marks_down_and_cools_at_once() -> None:
     engine = make_engine()
-    assert engine.record(failure(kind), make_settings(cooldown_after_failures=5), 10.0) == 5.0
+    assert engine.record(failure(EngineTimeout), make_settings(cooldown_after_failures=5), 10.0) == 5.0
     assert (engine.down, engine.consecutive_failures, engine.cooldown_until) == (True, 1, 15.0)
     assert engine.last_error == "boom" and list(engine.recent_failures) == [10.0]
+    assert engine.cooldowns_in_a_row == 1 and not engine.revivable(14.9) and engine.revivable(15.0)
+
+
+def test_unreachable_marks_down_without_a_cooldown() -> None:
+    """A refused or dropped connection: the process is gone or restarting; a probe brings it back."""
+    engine = make_engine()
+    engine.cooldowns_in_a_row = 2
+    assert engine.record(failure(EngineUnavailable), make_settings(cooldown_after_failures=5), 10.0) is None
+    assert (engine.down, engine.consecutive_failures, engine.cooldown_until) == (True, 1, 0.0)
+    assert engine.last_error == "boom" and list(engine.recent_failures) == [10.0]
+    assert engine.cooldowns_in_a_row == 2 and engine.revivable(10.0) and engine.state(10.0) == "down"
 
 
 def test_probe_results() -> None:
@@ -202,6 +212,56 @@ def test_state_names() -> None:
     assert engine.state(10.0) == "ready"
     engine.in_flight = 2
     assert engine.state(10.0) == "busy"
+
+
+def test_revivable_is_down_and_not_cooling() -> None:
+    engine = make_engine()
+    assert not engine.revivable(0.0)  # up
+    engine.down, engine.cooldown_until = True, 10.0
+    assert [engine.revivable(now) for now in (9.9, 10.0, 11.0)] == [False, True, True]
+    engine.down = False
+    assert not engine.revivable(11.0)  # cooling from bad answers, or over: either way not down
+
+
+INTERVAL, DOWN = 5.0, 0.25
+
+
+def test_probe_due_for_a_healthy_engine_every_interval() -> None:
+    engine = make_engine()
+    engine.last_probe = 100.0
+    # 0.9 × 5 s = 4.5 s: the loop ticks every 0.25 s, so a probe a hair early is fine
+    assert [engine.probe_due(now, INTERVAL, DOWN) for now in (100.25, 104.4, 104.5, 110.0)] == [
+        False, False, True, True
+    ]
+    engine.cooldown_until = 200.0  # cooling from bad answers: still probed at the normal interval
+    assert not engine.probe_due(104.4, INTERVAL, DOWN) and engine.probe_due(104.5, INTERVAL, DOWN)
+
+
+def test_probe_due_for_a_down_engine_every_down_interval() -> None:
+    engine = make_engine(down=True)
+    engine.last_probe = 0.0  # 0.9 × 0.25 s = 0.225 s, exactly (in binary too) at the boundary
+    assert [engine.probe_due(now, INTERVAL, DOWN) for now in (0.2, 0.225, 0.3)] == [False, True, True]
+
+
+def test_probe_due_for_a_hung_engine_normal_interval_while_cooling_then_at_once() -> None:
+    engine = make_engine(down=True)
+    engine.last_probe, engine.cooldown_until = 100.0, 103.0
+    assert not engine.probe_due(102.9, INTERVAL, DOWN)  # cooling: no fast probes
+    assert engine.probe_due(104.5, INTERVAL, DOWN)  # ... but still the normal ones
+    engine.last_probe = 102.95  # probed just before its cooldown ended
+    assert engine.probe_due(103.0, INTERVAL, DOWN), "not probed right when its cooldown ended"
+    engine.last_probe = 103.0  # probed at the very end
+    assert not engine.probe_due(103.1, INTERVAL, DOWN) and engine.probe_due(103.23, INTERVAL, DOWN)
+
+
+def test_probe_due_never_with_a_request_in_flight_or_a_probe_running() -> None:
+    for engine in (make_engine(), make_engine(down=True)):
+        engine.in_flight = 1
+        assert not engine.probe_due(1_000.0, INTERVAL, DOWN)
+        engine.in_flight, engine.probing = 0, True
+        assert not engine.probe_due(1_000.0, INTERVAL, DOWN)
+        engine.probing = False
+        assert engine.probe_due(1_000.0, INTERVAL, DOWN)
 
 
 def test_recent_failures_expire_after_the_window() -> None:

@@ -201,9 +201,11 @@ def test_no_engine_error_retry_after_is_the_soonest_cooldown_end() -> None:
 
 def test_no_engine_error_retry_after_without_cooldowns() -> None:
     down = make_engine("http://a", down=True)
-    error = SlotQueue(make_settings(probe_interval=7.0), [down], None).no_engine_error(50.0)
+    # a down engine is probed every down_probe_interval (and by every request): the normal interval is no hint
+    assert SlotQueue(make_settings(probe_interval=7.0), [down], None).no_engine_error(50.0).retry_after == 1.0
+    error = SlotQueue(make_settings(down_probe_interval=7.0), [down], None).no_engine_error(50.0)
     assert error.retry_after == 7.0 and error.message.endswith("(0 cooling down, 1 down of 1): http://a is down; "
                                                                "retry in 7s")
-    assert SlotQueue(make_settings(probe_interval=0.2), [down], None).no_engine_error(50.0).retry_after == 1.0
-    down.cooldown_until = 50.4
-    assert SlotQueue(SETTINGS, [down], None).no_engine_error(50.0).retry_after == 1.0  # never below 1 s
+    assert SlotQueue(make_settings(down_probe_interval=0.2), [down], None).no_engine_error(50.0).retry_after == 1.0
+    down.cooldown_until = 50.4  # a cooldown ending sooner than the down-probe hint wins, but never below 1 s
+    assert SlotQueue(make_settings(down_probe_interval=7.0), [down], None).no_engine_error(50.0).retry_after == 1.0

@@ -86,7 +86,7 @@ async def test_acquire_refuses_when_closed_or_nothing_is_healthy() -> None:
     a.down = True
     with pytest.raises(EngineUnavailable) as caught:
         await queue.acquire(None, frozenset(), time.monotonic() + 10, retry=False)
-    assert caught.value.message.startswith("no engine is available") and caught.value.retry_after == 5.0
+    assert caught.value.message.startswith("no engine is available") and caught.value.retry_after == 1.0
     a.down = False
     with pytest.raises(EngineUnavailable) as unfit:
         await queue.acquire(None, frozenset(), time.monotonic() + 10, retry=False, fits=lambda e: False)

@@ -92,7 +92,8 @@ class VoiceCloner:
                 f"engine {self.url} is neither api_v2.py (/tts) nor api.py (/, /set_model): paths {sorted(paths)}",
                 engine=self.url,
             )
-        self.info = replace(self.info, flavor=flavor)
+        if flavor != self.info.flavor:  # another server now: what we knew of its version is stale
+            self.info = replace(self.info, flavor=flavor, version=None)
         return flavor
 
     async def is_available(self) -> bool:

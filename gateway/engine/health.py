@@ -5,10 +5,16 @@ Health rules (LiteLLM-style cooldowns, peers.md §2):
 - EngineBadResponse (500, silence, truncated body) → one more consecutive failure; at
   `cooldown_after_failures` the engine leaves selection for `cooldown_seconds`, doubling on each repeat
   up to `cooldown_max_seconds`;
-- EngineTimeout / EngineUnavailable → cooldown at once *and* marked down: the engine is hung or gone, so
-  it only comes back after a probe has seen it answer again (api_v2 answers nothing while busy, so a
-  successful probe also proves the hung synthesis has ended);
-- EngineRejected → no change: the engine worked, the request was bad.
+- EngineUnavailable (refused, reset, closed before answering) → marked down, no cooldown: the process is
+  gone or restarting, and it is back exactly when it answers again, which the probes find out (down
+  engines are probed every `down_probe_interval`, and at once when a request finds no engine up);
+- EngineTimeout → cooldown at once *and* marked down: the engine is hung, so it only comes back after its
+  cooldown *and* a probe that sees it answer (api_v2 answers nothing while busy, so a successful probe
+  also proves the hung synthesis has ended); the doubling cooldown keeps an engine that hangs again and
+  again from costing each request a whole read timeout;
+- EngineRejected → no change: the engine worked, the request was bad. Every engine answer that blames
+  the request (its 4xx, protocol_v2's table) is an EngineRejected, so a client sending malformed requests
+  can never take an engine out of selection.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from gateway.settings import ModelWeights, Settings
 RECENT_FAILURE_WINDOW = 60.0
 
 #: What one request outcome says about the engine (see `judge`).
-Verdict = Literal["success", "silent", "refused", "failed", "gone"]
+Verdict = Literal["success", "silent", "refused", "failed", "gone", "hung"]
 
 
 def judge(error: BaseException | None) -> Verdict:
@@ -33,14 +39,16 @@ def judge(error: BaseException | None) -> Verdict:
 
     success: resets the failure count and the doubling; silent: nothing about the engine (cancellation,
     a pool-level error naming no engine); refused: the engine worked, the request was bad (no count);
-    failed: a bad answer (counts; cools after `cooldown_after_failures` in a row); gone: timeout or
-    unreachable (counts, marks down and cools at once).
+    failed: a bad answer (counts; cools after `cooldown_after_failures` in a row); gone: unreachable
+    (counts, marks down: a probe brings it back); hung: a timeout (counts, marks down and cools at once).
     """
     if error is None:
         return "success"
     if not isinstance(error, EngineError) or error.engine is None:
         return "silent"
-    if isinstance(error, EngineTimeout | EngineUnavailable):
+    if isinstance(error, EngineTimeout):
+        return "hung"
+    if isinstance(error, EngineUnavailable):
         return "gone"
     if isinstance(error, EngineBadResponse):
         return "failed"
@@ -83,6 +91,22 @@ class EngineState:
     def selectable(self, now: float) -> bool:
         """Healthy: may receive requests (possibly after the ones in flight)."""
         return not self.down and self.cooldown_until <= now
+
+    def revivable(self, now: float) -> bool:
+        """Down and not cooling: a probe that sees it answer brings it back, so a request that finds no
+        engine up probes it first. (A cooling engine is not: its cooldown must end either way.)"""
+        return self.down and self.cooldown_until <= now
+
+    def probe_due(self, now: float, interval: float, down_interval: float) -> bool:
+        """Should the probe loop probe this engine now? Never while a request is on it (api_v2 answers
+        nothing while busy: the probe would stall behind our own request and mark it down). A revivable
+        engine every `down_interval` and right after its cooldown ends; any other every `interval`.
+        (0.9: the loop wakes on its own period, and a probe that is a hair early is fine.)"""
+        if self.in_flight or self.probing:
+            return False
+        if self.revivable(now):
+            return self.last_probe < self.cooldown_until or now - self.last_probe >= 0.9 * down_interval
+        return now - self.last_probe >= 0.9 * interval
 
     def has_free_slot(self, now: float) -> bool:
         return self.selectable(now) and not self.probing and self.in_flight < self.concurrency
@@ -133,9 +157,9 @@ class EngineState:
             return None
         self.recent_failures.append(now)
         self.consecutive_failures += 1
-        if verdict == "gone":
+        if verdict != "failed":
             self.down = True
-            return self.start_cooldown(settings, now)
+            return self.start_cooldown(settings, now) if verdict == "hung" else None
         if self.consecutive_failures >= settings.cooldown_after_failures:
             return self.start_cooldown(settings, now)
         return None

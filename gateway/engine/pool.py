@@ -16,6 +16,8 @@ Decisions worth knowing:
   sized generously from the slowest chunk wait seen on that engine (stream.stop_grace_for says why).
 - Capabilities: an engine whose model cannot take the request's languages, or an api.py engine for a
   reference-free request, is never a candidate (selection.capability_filter).
+- Recovery: a request that finds no engine up first waits for a fresh probe of the down ones (shared and
+  rate-limited, probing.py), so the first request after an engine (re)starts is served, not refused.
 """
 
 from __future__ import annotations
@@ -88,7 +90,9 @@ class EnginePool:
         self._engines: list[EngineState] = []
         # The list is filled by start(); the slot queue and the prober see the same list object.
         self._slots = SlotQueue(settings, self._engines, metrics)
-        self._prober = Prober(self._engines, settings.probe_interval, self._engine_changed)
+        self._prober = Prober(
+            self._engines, settings.probe_interval, settings.down_probe_interval, self._engine_changed
+        )
         self._probe_task: asyncio.Task[None] | None = None
         self._cooldown_timers: dict[str, asyncio.TimerHandle] = {}
         self._running_calls: set[asyncio.Task[Any]] = set()
@@ -113,6 +117,7 @@ class EnginePool:
             self._probe_task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._probe_task
+        await self._prober.close()
         for timer in self._cooldown_timers.values():
             timer.cancel()
         self._slots.close()
@@ -228,6 +233,9 @@ class EnginePool:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
+                    # nothing up that fits: probe the down engines first, so a request sent right after
+                    # an engine (re)starts is served, not refused
+                    await self._prober.revive_if_none_up(fits, deadline)
                     engine, waited = await self._slots.acquire(
                         req.weights, frozenset(tried), deadline, retry=attempts > 1, fits=fits
                     )
@@ -344,10 +352,14 @@ class EnginePool:
     ) -> None:
         """Release the slot and apply the outcome to the engine's health (`seconds`: a success's engine time).
         An explicit `outcome` marks a neutral end (stream left early): no health change either way."""
+        was_down = engine.down
         cooldown = engine.record(error, self._settings, time.monotonic()) if outcome is None else None
         if cooldown is not None:
             log.warning("engine %s cools down for %.1fs after: %s", engine.url, cooldown, error)
             self._schedule_cooldown_end(engine, cooldown)
+        elif engine.down and not was_down:
+            log.warning("engine %s is unreachable (%s); out of selection until a probe sees it answer",
+                        engine.url, error)
         if error is None and seconds is not None:
             self._slots.record_engine_seconds(seconds)
         if self._metrics is not None:

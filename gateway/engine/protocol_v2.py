@@ -17,11 +17,20 @@ Error classification (engine-protocol §3.5, §11) — what the engine answers �
 | 400 tts failed: `prompt_text cannot be empty ...` (v3/v4)      | EngineRejected 422     | reference-free unsupported|
 | 400 tts failed: `<path> not exists`                            | EngineBadResponse 502  | this engine cannot see the|
 |                                                                |  (retried elsewhere)   | shared dir: a deploy fault|
-| 400 tts failed: anything else (frontend crash, bare assertion) | EngineBadResponse 502  | an engine-side fault      |
+| 400 tts failed: anything else (frontend crash on this text,    | EngineRejected 422     | the engine answered, so it|
+|     `embedded null character`, bare assertion)                 |  (not retried)         | is well: it could not take|
+|                                                                |                        | *this* request (below)    |
 | 422 (FastAPI validation of our body)                           | EngineRejected 422     | a knob of the wrong type  |
 | 404 / 405                                                      | EngineBadResponse 502  | not an api_v2 server      |
 | 5xx                                                            | EngineBadResponse 502  | engine crash              |
 | other 4xx                                                      | EngineRejected 422     | the engine refused        |
+
+Every 4xx but `not exists` is an EngineRejected, which never counts against the engine's health (health.judge):
+a client sending text the engine chokes on (a NUL byte: `embedded null character`) must not be able to put the
+only engine into cooldown for everyone. The client gets 422 `engine_rejected` with the engine's words: the same
+request fails the same way on any engine of that build, so neither a failover nor a Retry-After would help,
+and only a changed request can succeed. `not exists` stays a 502 that counts: the gateway wrote that file, so
+an engine that cannot see it is misdeployed, and cooling it sends the work to engines that can.
 """
 
 from __future__ import annotations
@@ -182,4 +191,4 @@ def _classify_tts_failed(exception: str, engine: str) -> EngineError:
             f"{where} needs the reference transcript: {exception}", engine=engine, engine_message=exception
         )
     detail = exception or "no detail (bare assertion; often an upper-case language code)"
-    return EngineBadResponse(f"{where} failed to synthesize: {detail}", engine=engine)
+    return EngineRejected(f"{where} could not synthesize this request: {detail}", engine=engine, engine_message=detail)

@@ -193,10 +193,11 @@ class SlotQueue:
         self._queue_changed()
 
     def no_engine_error(self, now: float) -> EngineUnavailable:
-        """503 with Retry-After = time until the soonest cooldown ends (≥ 1 s; a probe interval if none)."""
+        """503 with Retry-After = time until the soonest cooldown ends (≥ 1 s; 1 s if none is cooling)."""
         cooling = [e.cooldown_remaining(now) for e in self._engines if e.cooldown_remaining(now) > 0]
         down = sum(1 for e in self._engines if e.down)
-        retry_after = max(1.0, min(cooling, default=self._settings.probe_interval))
+        # a down engine is probed every down_probe_interval and by every request: worth asking again soon
+        retry_after = max(1.0, min(cooling, default=self._settings.down_probe_interval))
         details = "; ".join(
             f"{e.url} is {e.state(now)}" + (f" ({e.last_error})" if e.last_error else "") for e in self._engines
         )

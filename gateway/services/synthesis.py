@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -61,8 +62,23 @@ def check_named_languages(services: Services, **fields: str | None) -> None:
             check_language(services, value, field_name)
 
 
+#: C0 controls but tab, LF, CR; DEL; C1 controls (what check_text refuses).
+_UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def check_text(services: Services, text: str) -> str:
-    """Refuse text with nothing to speak up front: the engine would answer its silence placeholder."""
+    """Refuse up front text with nothing to speak (the engine would answer its silence placeholder) and
+    text no engine can speak: control characters other than tab and line breaks (a NUL makes api_v2
+    answer 400 "embedded null character"; lone surrogates never get this far: the body parsers refuse them)."""
+    if (bad := _UNSPEAKABLE.search(text)) is not None:
+        character = f"U+{ord(bad.group()):04X}"
+        raise InvalidInput(
+            f"text contains {character} at position {bad.start()}, a control character no engine can speak; "
+            "remove it (tab and line breaks are fine)",
+            code="invalid_text",
+            character=character,
+            position=bad.start(),
+        )
     if not any(ch.isalnum() for ch in text):
         raise InvalidInput("text has nothing to speak (it is empty or only punctuation)", code="empty_text")
     limit = services.settings.max_text_chars
