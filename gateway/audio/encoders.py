@@ -1,8 +1,10 @@
 """Incremental encoders: engine PCM (int16 LE mono) in, bytes of the client's format out as soon as the codec
 has them. The whole-clip answer uses the same encoders, so a streamed file and a whole one agree.
 
-mp3, Ogg Opus, ADTS AAC and FLAC are encoded with PyAV (ffmpeg's libmp3lame, libopus, aac and flac) into an
-in-memory sink that is drained after every engine chunk; wav and pcm are framed by hand. Resampling (to a
+Ogg Opus, ADTS AAC and FLAC are encoded with PyAV (ffmpeg's libopus, aac and flac) into an in-memory sink that
+is drained after every engine chunk; mp3 with lameenc (LAME itself, taking the engine's int16 PCM as is: a
+quarter of the CPU of the LAME inside PyAV's wheels at the same settings, bench/convert_cost.py); wav and pcm
+are framed by hand. Resampling (to a
 requested rate, or to a rate the codec can carry) uses soxr's streaming state, so chunk edges do not click.
 """
 
@@ -14,6 +16,7 @@ from fractions import Fraction
 from typing import Any, Protocol
 
 import av
+import lameenc
 import numpy as np
 import soxr
 
@@ -37,11 +40,10 @@ class Codec:
 
 
 CODECS: dict[str, Codec] = {
-    # Mono speech: 48 kbps CBR (LAME keeps ~15 kHz of bandwidth at 32 kHz) and LAME quality 7, which costs
-    # half the CPU of its default (bench/convert_cost.py). No ID3 tag and no Xing/LAME header: a stream cannot
-    # seek back to fill them in, and the whole-clip answer must decode to the same length as the stream.
-    "mp3": Codec("mp3", "libmp3lame", MPEG_RATES, 48_000, {"compression_level": "7"},
-                 {"id3v2_version": "0", "write_xing": "0"}),
+    # Mono speech: 48 kbps CBR (LAME keeps ~15 kHz of bandwidth at 32 kHz) and LAME quality 7, half the CPU
+    # of its default quality 5 (bench/convert_cost.py). Encoded by LameEncoder, not PyAV; no ID3 tag and no
+    # Xing/LAME header: a stream cannot seek back to fill them in, and a whole clip must match a stream.
+    "mp3": Codec("mp3", "lameenc", MPEG_RATES, 48_000, {"quality": "7"}),
     # 32 kbps Opus is transparent-ish for speech; complexity 5 of 10 costs ~2/3 of the default for a barely
     # measurable loss. Ogg pages close every 100 ms (default 1 s) so audio leaves soon after it is encoded.
     "opus": Codec("ogg", "libopus", OPUS_RATES, 32_000, {"compression_level": "5"}, {"page_duration": "100000"}),
@@ -188,15 +190,56 @@ class AvEncoder:
             self._container.mux(packet)
 
 
+class LameEncoder:
+    """mp3 through lameenc with CODECS["mp3"]'s settings. LAME takes int16 PCM, so without resampling the
+    engine's chunks go in untouched; the output rate is pinned (LAME would otherwise pick its own)."""
+
+    costly = True
+
+    def __init__(self, source_rate: int, rate: int) -> None:
+        codec = CODECS["mp3"]
+        self.rate = rate
+        self._samples = _Samples(source_rate, rate) if rate != source_rate else None
+        self._carry = b""
+        self._lame = lameenc.Encoder()
+        self._lame.set_channels(1)
+        self._lame.set_in_sample_rate(rate)
+        self._lame.set_out_sample_rate(rate)
+        self._lame.set_bit_rate((codec.bit_rate or 48_000) // 1000)
+        self._lame.set_quality(int(codec.options["quality"]))
+
+    def feed(self, pcm: bytes) -> bytes:
+        if self._samples is not None:
+            return self.feed_samples(self._samples.feed(pcm))
+        if self._carry or len(pcm) % 2:
+            pcm = self._carry + pcm
+            usable = len(pcm) - len(pcm) % 2
+            pcm, self._carry = pcm[:usable], pcm[usable:]
+        return bytes(self._lame.encode(pcm)) if pcm else b""
+
+    def feed_samples(self, samples: np.ndarray) -> bytes:
+        """Float32 mono samples already at the output rate (the whole-clip path)."""
+        return bytes(self._lame.encode(_to_pcm16(samples))) if len(samples) else b""
+
+    def finish(self) -> bytes:
+        tail = self.feed_samples(self._samples.feed(b"", last=True)) if self._samples is not None else b""
+        return tail + bytes(self._lame.flush())
+
+
 def stream_encoder(fmt: str, source_rate: int, rate: int) -> StreamEncoder:
     """The incremental encoder for `fmt` (one of wav, pcm and CODECS) from `source_rate` to `rate`."""
     if fmt in ("wav", "pcm"):
         return PcmEncoder(source_rate, rate, wav=fmt == "wav")
+    if fmt == "mp3":
+        return LameEncoder(source_rate, rate)
     return AvEncoder(fmt, source_rate, rate)
 
 
 def encode_clip(samples: np.ndarray, rate: int, fmt: str) -> bytes:
     """A whole clip (float32 mono at a rate `fmt` can carry) with the same encoder settings as a stream."""
+    if fmt == "mp3":
+        mp3 = LameEncoder(rate, rate)
+        return mp3.feed_samples(samples) + mp3.finish()
     encoder = AvEncoder(fmt, rate, rate, sink=io.BytesIO())
     encoder.feed_samples(samples)
     return encoder.finish()
