@@ -63,6 +63,7 @@ class VoiceCloner:
             retries=0,
             limits=httpx.Limits(max_connections=settings.engine_concurrency + 2, keepalive_expiry=_KEEPALIVE_EXPIRY),
         )
+        self._transport = transport
         self._http = httpx.AsyncClient(
             base_url=self.url,
             transport=transport,
@@ -173,8 +174,13 @@ class VoiceCloner:
         return httpx.Timeout(seconds, connect=min(self._settings.connect_timeout, seconds))
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Straight to the transport (a public httpx API): the client's layers around it (auth, redirects,
+        cookie extraction, event hooks) do nothing for an engine and cost ~0.3 ms of CPU per call. The
+        request carries its timeouts; the transport maps httpcore's errors to httpx's, as the client would."""
         try:
-            return await self._http.send(request, stream=True)
+            response = await self._transport.handle_async_request(request)
+            response.request = request
+            return response
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, responded=False) from exc
 
