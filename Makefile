@@ -35,6 +35,7 @@ bench: $(VENV)/.dev-deps
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.ttfb
 	$(BIN)/python -m bench.load
+	$(BIN)/python -m bench.recovery
 	$(BIN)/python -m bench.convert_cost
 	$(BIN)/python -m bench.cpu_engine_rtf
 
