@@ -5,7 +5,8 @@ Prints throughput against the theoretical K / mean engine time, the status histo
 (must be 0: every request gets an answer), queue-wait percentiles and, from each engine's `/_stats`,
 the most requests it ever had in flight (must be 1). Writes the same as JSON with `--json PATH`.
 
-Then the liveness check under saturation: a gateway process in front of the same engines, kept saturated
+Then the liveness check under saturation: a gateway process in front of K `--instant --delay 1` engines (GPU
+time slept, not computed on the gateway's cores), kept saturated
 (every engine busy and at least `--min-queued` requests waiting) by clients that resubmit as soon as they
 are answered, while `/healthz` is probed one call at a time: its p50/p99 show whether the event loop stays
 free for the orchestrator's liveness probe when the gateway is at its busiest.
@@ -176,8 +177,11 @@ def main() -> None:
         max_in_flight = [httpx.get(f"{e.url}/_stats", timeout=5).json()["max_in_flight"] for e in alive]
         saturated: dict[str, Any] = {}
         if args.healthz_probes:
+            # engines that sleep their "GPU time" (--instant --delay): a GPU engine does not eat the gateway's
+            # CPU, and CPU synthesis on these 2 cores would measure the scheduler, not the gateway's event loop
+            busy = [stack.enter_context(running_engine("--instant", "--delay", "1.0")) for _ in range(args.engines)]
             shared = workdir / "shared"
-            url = stack.enter_context(gateway([e.url for e in alive], shared, GATEWAY_MAX_QUEUE="256"))
+            url = stack.enter_context(gateway([e.url for e in busy], shared, GATEWAY_MAX_QUEUE="256"))
             saturated = asyncio.run(healthz_under_saturation(
                 url, reference.read_bytes(), args.saturating_clients, args.min_queued, args.healthz_probes
             ))
