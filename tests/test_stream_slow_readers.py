@@ -13,6 +13,7 @@ import pytest
 
 from gateway.engine.stream import STOP_GRACE_MAX
 from tests.gateway_support import fast_settings, running_gateway
+from tests.stream_support import LONG, cuts_counted, raw_post, read_to_eof, readyz
 from tests.support import (
     EngineProcess,
     assert_speech,
@@ -22,7 +23,6 @@ from tests.support import (
     running_engine,
     wait_until,
 )
-from tests.test_stream_rules import LONG, cuts_counted, raw_post, read_to_eof, readyz
 
 
 def dechunk(raw: bytes) -> tuple[bytes, bool]:

@@ -20,7 +20,7 @@ import lameenc
 import numpy as np
 import soxr
 
-from gateway.audio.wav import streaming_wav_header
+from gateway.audio.wav import streaming_wav_header, to_pcm16
 
 # Rates each codec can carry; `output_rate` picks the nearest allowed rate at or above the requested one.
 MPEG_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -75,18 +75,29 @@ class StreamEncoder(Protocol):
     def finish(self) -> bytes: ...
 
 
-class _Samples:
-    """int16 LE bytes → float32 samples at the output rate (soxr streaming state; a chunk may split a sample)."""
+class _WholeSamples:
+    """Cuts int16 LE bytes on sample boundaries: a network read can split a sample; its half waits for the next."""
 
-    def __init__(self, source_rate: int, rate: int) -> None:
+    def __init__(self) -> None:
         self._carry = b""
-        self._resampler = soxr.ResampleStream(source_rate, rate, 1, dtype="float32") if rate != source_rate else None
 
-    def feed(self, pcm: bytes, *, last: bool = False) -> np.ndarray:
+    def __call__(self, pcm: bytes) -> bytes:
         if self._carry or len(pcm) % 2:
             pcm = self._carry + pcm
             usable = len(pcm) - len(pcm) % 2
             pcm, self._carry = pcm[:usable], pcm[usable:]
+        return pcm
+
+
+class _Samples:
+    """int16 LE bytes → float32 samples at the output rate (soxr streaming state; a chunk may split a sample)."""
+
+    def __init__(self, source_rate: int, rate: int) -> None:
+        self._whole = _WholeSamples()
+        self._resampler = soxr.ResampleStream(source_rate, rate, 1, dtype="float32") if rate != source_rate else None
+
+    def feed(self, pcm: bytes, *, last: bool = False) -> np.ndarray:
+        pcm = self._whole(pcm)
         samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) * np.float32(1 / 32768)
         if self._resampler is None:
             return samples
@@ -103,26 +114,23 @@ class PcmEncoder:
         self.rate = rate
         self._header = streaming_wav_header(rate) if wav else b""
         self._samples = _Samples(source_rate, rate) if rate != source_rate else None
-        self._carry = b""
+        self._whole = _WholeSamples()  # engine streams are cut on sample boundaries; be safe anyway
 
     def feed(self, pcm: bytes) -> bytes:
         header, self._header = self._header, b""
         if self._samples is not None:
-            return header + _to_pcm16(self._samples.feed(pcm))
-        if self._carry or len(pcm) % 2:  # engine streams are cut on sample boundaries; be safe anyway
-            pcm = self._carry + pcm
-            usable = len(pcm) - len(pcm) % 2
-            pcm, self._carry = pcm[:usable], pcm[usable:]
+            return header + _pcm16_bytes(self._samples.feed(pcm))
+        pcm = self._whole(pcm)
         return header + pcm if header else pcm
 
     def finish(self) -> bytes:
         header, self._header = self._header, b""
-        tail = _to_pcm16(self._samples.feed(b"", last=True)) if self._samples is not None else b""
+        tail = _pcm16_bytes(self._samples.feed(b"", last=True)) if self._samples is not None else b""
         return header + tail
 
 
-def _to_pcm16(samples: np.ndarray) -> bytes:
-    return bytes((np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes())
+def _pcm16_bytes(samples: np.ndarray) -> bytes:
+    return to_pcm16(samples).tobytes()
 
 
 class _Sink:
@@ -200,7 +208,7 @@ class LameEncoder:
         codec = CODECS["mp3"]
         self.rate = rate
         self._samples = _Samples(source_rate, rate) if rate != source_rate else None
-        self._carry = b""
+        self._whole = _WholeSamples()
         self._lame = lameenc.Encoder()
         self._lame.set_channels(1)
         self._lame.set_in_sample_rate(rate)
@@ -211,15 +219,12 @@ class LameEncoder:
     def feed(self, pcm: bytes) -> bytes:
         if self._samples is not None:
             return self.feed_samples(self._samples.feed(pcm))
-        if self._carry or len(pcm) % 2:
-            pcm = self._carry + pcm
-            usable = len(pcm) - len(pcm) % 2
-            pcm, self._carry = pcm[:usable], pcm[usable:]
+        pcm = self._whole(pcm)
         return bytes(self._lame.encode(pcm)) if pcm else b""
 
     def feed_samples(self, samples: np.ndarray) -> bytes:
         """Float32 mono samples already at the output rate (the whole-clip path)."""
-        return bytes(self._lame.encode(_to_pcm16(samples))) if len(samples) else b""
+        return bytes(self._lame.encode(_pcm16_bytes(samples))) if len(samples) else b""
 
     def finish(self) -> bytes:
         tail = self.feed_samples(self._samples.feed(b"", last=True)) if self._samples is not None else b""
