@@ -24,6 +24,9 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("gateway_queue_depth", "Requests waiting for an engine slot", registry=r)
+        self.batch_queue_depth = Gauge(
+            "gateway_batch_queue_depth", "Job segments waiting for an engine slot (served after requests)", registry=r
+        )
         self.engine_seconds = Histogram(
             "gateway_engine_seconds", "Engine call time", ["engine"], buckets=_LATENCY_BUCKETS, registry=r
         )

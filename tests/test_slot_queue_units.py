@@ -326,3 +326,48 @@ async def test_queued_waiter_gives_up_at_its_own_time() -> None:
     queue.release(a)
     engine, waited = await task
     assert engine is a and 0.0 <= waited <= time.monotonic() - before
+
+
+@pytest.mark.anyio
+async def test_interactive_requests_go_before_queued_batch_work_and_batch_is_never_refused() -> None:
+    metrics = Metrics()
+    (a,) = engines(1)
+    queue = SlotQueue(make_settings(max_queue=1), [a], metrics)
+    deadline = time.monotonic() + 10
+    await queue.acquire(None, frozenset(), deadline, retry=False)
+    order: list[str] = []
+
+    async def take(name: str, priority: str) -> None:
+        engine, _ = await queue.acquire(None, frozenset(), deadline, retry=False, priority=priority)  # type: ignore[arg-type]
+        order.append(name)
+        queue.release(engine)
+
+    # three job segments queue first (more than max_queue: batch is bounded by job concurrency, not refused)
+    batch = [asyncio.create_task(take(f"batch{i}", "batch")) for i in range(3)]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert queue.batch_depth == 3 and queue.depth == 0
+    assert metrics.registry.get_sample_value("gateway_batch_queue_depth") == 3
+    request = asyncio.create_task(take("request", "interactive"))
+    await _queued(queue, 1)
+    with pytest.raises(QueueFull):  # max_queue counts interactive waiters only
+        await queue.acquire(None, frozenset(), deadline, retry=False)
+    queue.release(a)
+    await asyncio.gather(request, *batch)
+    assert order == ["request", "batch0", "batch1", "batch2"]
+    assert a.in_flight == 0 and queue.batch_depth == 0
+
+
+@pytest.mark.anyio
+async def test_batch_work_queues_behind_earlier_batch_work() -> None:
+    (a,) = engines(1)
+    queue = SlotQueue(SETTINGS, [a], None)
+    earlier = _Waiter(None, frozenset(), time.monotonic() + 10, asyncio.get_running_loop().create_future())
+    queue._batch.append(earlier)  # queued before the engine freed up (dispatch not yet run)
+    later = asyncio.create_task(queue.acquire(None, frozenset(), time.monotonic() + 10, retry=False, priority="batch"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert earlier.future.result() is a and not later.done()  # FIFO: the free slot went to the earlier one
+    queue.close()
+    with pytest.raises(EngineUnavailable):
+        await later

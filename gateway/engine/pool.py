@@ -36,6 +36,7 @@ from gateway.engine.client import VoiceCloner
 from gateway.engine.health import EngineState
 from gateway.engine.probing import Prober
 from gateway.engine.selection import (
+    Priority,
     SlotQueue,
     attempts_spent,
     capability_filter,
@@ -128,11 +129,14 @@ class EnginePool:
 
     # ------------------------------------------------------------------ public API
 
-    async def synthesize(self, req: SynthesisRequest, *, timeout: float | None = None) -> SynthesisResult:
-        """Queue, pick an engine, call it, fail over on retryable errors; the result says where and how."""
+    async def synthesize(
+        self, req: SynthesisRequest, *, timeout: float | None = None, priority: Priority = "interactive"
+    ) -> SynthesisResult:
+        """Queue, pick an engine, call it, fail over on retryable errors; the result says where and how.
+        `priority="batch"` (job segments) waits behind every interactive request."""
         deadline = self._deadline(req, timeout)
         (_, result), attempts, queue_wait = await self._with_failover(
-            req, deadline, lambda engine: self._call_detached(engine, req, deadline)
+            req, deadline, lambda engine: self._call_detached(engine, req, deadline), priority
         )
         result.attempts, result.queue_wait = attempts, queue_wait
         return result
@@ -172,6 +176,7 @@ class EnginePool:
         return {
             "ready": any(engine.selectable(now) for engine in self._engines),
             "queue_depth": self._slots.depth,
+            "batch_queue_depth": self._slots.batch_depth,
             "max_queue": self._settings.max_queue,
             "free_slots": sum(
                 engine.concurrency - engine.in_flight for engine in self._engines if engine.has_free_slot(now)
@@ -206,7 +211,11 @@ class EnginePool:
         return min(s.max_request_seconds, s.read_timeout + s.read_timeout_per_char * len(req.text))
 
     async def _with_failover(
-        self, req: SynthesisRequest, deadline: float, call: Callable[[EngineState], Awaitable[T]]
+        self,
+        req: SynthesisRequest,
+        deadline: float,
+        call: Callable[[EngineState], Awaitable[T]],
+        priority: Priority = "interactive",
     ) -> tuple[tuple[EngineState, T], int, float]:
         """The one retry loop: take a slot (another engine after a retryable failure), run `call` in it.
 
@@ -237,7 +246,7 @@ class EnginePool:
                     # an engine (re)starts is served, not refused
                     await self._prober.revive_if_none_up(fits, deadline)
                     engine, waited = await self._slots.acquire(
-                        req.weights, frozenset(tried), deadline, retry=attempts > 1, fits=fits
+                        req.weights, frozenset(tried), deadline, retry=attempts > 1, fits=fits, priority=priority
                     )
                     queue_wait += waited
                     try:

@@ -2,6 +2,9 @@
 
 - Strict FIFO among waiters that a free engine can serve; a retry goes to the *front* (it has already
   waited its turn) and is not counted against `max_queue`.
+- Two classes: interactive requests go before queued batch work (dubbing job segments), whatever their
+  arrival order; batch waiters are bounded by their jobs' concurrency, so they are not counted against
+  `max_queue` and never refused with 429 (a client's request must not be refused because a job is queued).
 - Capabilities: only engines that can serve the request's languages / reference-free mode are candidates.
 - Selection: healthy engines not yet tried by this request (a tried one only when every healthy engine
   has been tried), then matching weights, then least busy, then fewest recent failures, then round-robin.
@@ -19,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Literal
 
 from gateway.engine.health import EngineState
 from gateway.engine.types import SynthesisRequest
@@ -33,6 +37,7 @@ _INITIAL_ENGINE_SECONDS = 2.0
 
 
 Fits = Callable[[EngineState], bool]
+Priority = Literal["interactive", "batch"]
 
 
 def _any_engine(engine: EngineState) -> bool:
@@ -90,14 +95,20 @@ class SlotQueue:
         self._settings = settings
         self._engines = engines
         self._metrics = metrics
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[_Waiter] = deque()  # interactive, FIFO (retries at the front)
+        self._batch: deque[_Waiter] = deque()  # batch, FIFO; served only when no interactive waiter can be
         self._round_robin = 0
         self._engine_seconds_ewma: float | None = None
         self.closed = False
 
     @property
     def depth(self) -> int:
+        """Interactive waiters (what max_queue bounds and Retry-After estimates count)."""
         return len(self._waiters)
+
+    @property
+    def batch_depth(self) -> int:
+        return len(self._batch)
 
     def record_engine_seconds(self, seconds: float) -> None:
         previous = self._engine_seconds_ewma
@@ -115,32 +126,36 @@ class SlotQueue:
         *,
         retry: bool,
         fits: Fits = _any_engine,
+        priority: Priority = "interactive",
     ) -> tuple[EngineState, float]:
         """Take a slot now or wait in the queue; returns the engine and the seconds waited.
 
-        Raises QueueFull (429), or EngineUnavailable (503) when no engine is healthy or the wait exceeds
-        min(max_queue_wait, time left before the deadline) — code "queue_timeout".
+        Raises QueueFull (429, interactive only), or EngineUnavailable (503) when no engine is healthy or
+        the wait exceeds min(max_queue_wait, time left before the deadline) — code "queue_timeout".
         """
         if self.closed:
             raise EngineUnavailable("the engine pool is closed")
         now = time.monotonic()
         if not any(engine.selectable(now) and fits(engine) for engine in self._engines):
             raise self.no_engine_error(now)
-        if not self._waiters and (engine := self._pick(weights, tried, now, fits)) is not None:
+        batch = priority == "batch"
+        ahead = self._waiters or (batch and self._batch)  # batch work never jumps interactive waiters
+        if not ahead and (engine := self._pick(weights, tried, now, fits)) is not None:
             self._take(engine)
             self._observe_wait(0.0)
             return engine, 0.0
-        if not retry and len(self._waiters) >= self._settings.max_queue:
+        if not batch and not retry and len(self._waiters) >= self._settings.max_queue:
             raise QueueFull(
                 f"all engines are busy and {len(self._waiters)} requests are already waiting",
                 retry_after=self.estimated_wait(len(self._waiters) + 1),
             )
         budget = max(0.0, min(self._settings.max_queue_wait, deadline - now))
         waiter = _Waiter(weights, tried, now + budget, asyncio.get_running_loop().create_future(), fits)
+        line = self._batch if batch else self._waiters
         if retry:
-            self._waiters.appendleft(waiter)
+            line.appendleft(waiter)
         else:
-            self._waiters.append(waiter)
+            line.append(waiter)
         # A free engine may suit this waiter even though the ones ahead are waiting for other engines.
         self.dispatch()
         try:
@@ -165,31 +180,34 @@ class SlotQueue:
         self.dispatch()
 
     def dispatch(self) -> None:
-        """Hand free slots to waiters in FIFO order (call whenever a slot or an engine frees up)."""
-        if self.closed or not self._waiters:
+        """Hand free slots to waiters, interactive ones first, FIFO in each class (call whenever a slot or an
+        engine frees up)."""
+        if self.closed or not (self._waiters or self._batch):
             return
         now = time.monotonic()
         if not any(engine.selectable(now) for engine in self._engines):
             self._fail_hopeless_waiters(now)
-        for waiter in list(self._waiters):
-            if not any(engine.has_free_slot(now) for engine in self._engines):
-                break
-            if waiter.future.done():
-                self._waiters.remove(waiter)
-                continue
-            engine = self._pick(waiter.weights, waiter.tried, now, waiter.fits)
-            if engine is not None:
-                self._waiters.remove(waiter)
-                self._take(engine)
-                waiter.future.set_result(engine)
+        for line in (self._waiters, self._batch):
+            for waiter in list(line):
+                if not any(engine.has_free_slot(now) for engine in self._engines):
+                    break
+                if waiter.future.done():
+                    line.remove(waiter)
+                    continue
+                engine = self._pick(waiter.weights, waiter.tried, now, waiter.fits)
+                if engine is not None:
+                    line.remove(waiter)
+                    self._take(engine)
+                    waiter.future.set_result(engine)
         self._queue_changed()
 
     def close(self) -> None:
         self.closed = True
-        for waiter in self._waiters:
+        for waiter in (*self._waiters, *self._batch):
             if not waiter.future.done():
                 waiter.future.set_exception(EngineUnavailable("the gateway is shutting down"))
         self._waiters.clear()
+        self._batch.clear()
         self._queue_changed()
 
     def no_engine_error(self, now: float) -> EngineUnavailable:
@@ -219,8 +237,9 @@ class SlotQueue:
 
     def _leave(self, waiter: _Waiter) -> None:
         """A waiter gave up (cancelled or timed out); hand back a slot it was given in the meantime."""
-        with suppress(ValueError):
-            self._waiters.remove(waiter)
+        for line in (self._waiters, self._batch):
+            with suppress(ValueError):
+                line.remove(waiter)
         future = waiter.future
         if future.done() and not future.cancelled() and future.exception() is None:
             self.release(future.result())
@@ -233,10 +252,11 @@ class SlotQueue:
         A down engine only returns via a probe, at no predictable time."""
         returns = [e.cooldown_until for e in self._engines if not e.down and e.cooldown_until > now]
         soonest = min(returns, default=math.inf)
-        for waiter in list(self._waiters):
-            if soonest > waiter.give_up_at and not waiter.future.done():
-                self._waiters.remove(waiter)
-                waiter.future.set_exception(self.no_engine_error(now))
+        for line in (self._waiters, self._batch):
+            for waiter in list(line):
+                if soonest > waiter.give_up_at and not waiter.future.done():
+                    line.remove(waiter)
+                    waiter.future.set_exception(self.no_engine_error(now))
 
     def _pick(
         self, weights: ModelWeights | None, tried: frozenset[str], now: float, fits: Fits = _any_engine
@@ -268,6 +288,7 @@ class SlotQueue:
     def _queue_changed(self) -> None:
         if self._metrics is not None:
             self._metrics.queue_depth.set(len(self._waiters))
+            self._metrics.batch_queue_depth.set(len(self._batch))
 
     def _observe_wait(self, seconds: float) -> None:
         if self._metrics is not None:
