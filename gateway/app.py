@@ -19,6 +19,8 @@ from gateway.errors import install_error_handlers
 from gateway.metrics import Metrics
 from gateway.services.context import Services
 from gateway.services.reference_cache import ReferenceCache
+from gateway.services.result_cache import ResultCache
+from gateway.services.speaking_rate import SpeakingRates
 from gateway.settings import Settings
 from gateway.voices.store import VoiceStore
 
@@ -36,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         voice_store = VoiceStore(settings.voices_dir, settings.refs_dir)
         # temp files of writers killed mid-write (here or in another replica) would otherwise stay for ever
         await anyio.to_thread.run_sync(voice_store.sweep_stale_temps)
+        result_cache = ResultCache(settings.results_dir, settings.result_cache_bytes)
+        await anyio.to_thread.run_sync(result_cache.load)
         pool = EnginePool(settings, metrics)
         await pool.start()
         app.state.services = Services(
@@ -45,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             voices=voice_store,
             intake_limiter=anyio.CapacityLimiter(max(2, os.cpu_count() or 2)),
             reference_cache=ReferenceCache(settings.reference_cache_size),
+            result_cache=result_cache,
+            speaking_rate=SpeakingRates(),
         )
         log.info("gateway ready: engines=%s shared_dir=%s", ",".join(settings.engines), settings.shared_dir)
         try:

@@ -49,6 +49,14 @@ class Metrics:
             "gateway_references", "Reference intake outcomes (stored, reused, or an error code)", ["outcome"],
             registry=r,
         )
+        self.result_cache = Counter(
+            "gateway_result_cache", "Result cache lookups and stores of seeded renders (hit, miss, store)",
+            ["outcome"], registry=r,
+        )
+        self.duration_targets = Counter(
+            "gateway_duration_targets", "Renders fitted to a target duration, by method and whether they fit",
+            ["method", "within"], registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     reference_cache_size: int = Field(
         4096, ge=0, description="prepared references remembered by upload hash (metadata only; 0 disables)"
     )
+    result_cache_bytes: int = Field(
+        2_000_000_000, ge=0, description="bytes of seeded renders kept in shared_dir/results (LRU); 0 disables"
+    )
 
     # --- streaming answers
     stream_stall_seconds: float = Field(10.0, gt=0, description="drop a streaming client that reads nothing this long")
@@ -100,6 +103,10 @@ class Settings(BaseSettings):
     @property
     def voices_dir(self) -> Path:
         return self.shared_dir / "voices"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.shared_dir / "results"
 
     def to_engine_path(self, local: Path) -> str:
         """Translate a file under shared_dir into the path the engine opens (absolute on its side)."""

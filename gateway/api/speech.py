@@ -22,6 +22,7 @@ from gateway.audio.wav import wav_samples
 from gateway.engine.types import SynthesisRequest
 from gateway.errors import BadRequest, NotFound
 from gateway.services.context import Services
+from gateway.services.render import render
 from gateway.services.streaming import EngineAudioResponse, open_stream, stream_deadline
 from gateway.services.synthesis import (
     ResolvedReference,
@@ -146,8 +147,9 @@ async def speech(request: Request) -> Response:
         headers["X-Engine"] = opened.engine
         headers["X-Engine-Attempts"] = str(opened.attempts)
         return EngineAudioResponse(opened, media_type=OUTPUT_FORMATS[fmt], headers=headers, deadline=deadline)
-    result = await unless_disconnected(request, svc.pool.synthesize(synthesis, timeout=timeout))
-    svc.metrics.audio_seconds.inc(result.duration)
+    result = await unless_disconnected(
+        request, render(svc, synthesis, reference_id=reference.reference_id, goal=None, timeout=timeout)
+    )
     if fmt == "wav" and params.sample_rate in (None, result.sample_rate):
         data, rate = result.wav, result.sample_rate  # already a PCM16 WAV: no re-encode
     else:
@@ -159,8 +161,10 @@ async def speech(request: Request) -> Response:
         data, rate = await anyio.to_thread.run_sync(convert)
     headers = _audio_headers(rate, reference)
     headers["X-Audio-Duration"] = f"{result.duration:.3f}"
-    headers["X-Engine"] = result.engine.url
-    headers["X-Engine-Attempts"] = str(result.attempts)
+    headers["X-Cache"] = result.cache_status
+    if result.engine is not None:  # None: from the result cache
+        headers["X-Engine"] = result.engine.url
+        headers["X-Engine-Attempts"] = str(result.attempts)
     return Response(data, media_type=OUTPUT_FORMATS[fmt], headers=headers)
 
 

@@ -15,8 +15,15 @@ from gateway.api.params import CloneParams, openapi_body, parse_params
 from gateway.api.uploads import is_json, read_json, read_multipart
 from gateway.engine.types import SynthesisRequest
 from gateway.services.context import Services
+from gateway.services.render import DurationGoal
 from gateway.services.streaming import EngineAudioResponse, open_stream, stream_deadline
-from gateway.services.synthesis import CloneOutcome, ResolvedReference, prepare_clone, synthesize_clone
+from gateway.services.synthesis import (
+    CloneOutcome,
+    ResolvedReference,
+    duration_goal,
+    prepare_clone,
+    synthesize_clone,
+)
 
 router = APIRouter()
 
@@ -34,6 +41,7 @@ def _json_with_audio(meta: dict[str, Any], audio_b64: bytes) -> bytes:
 def _shape(outcome: CloneOutcome, request_id: str, text_length: int, encode_seconds: float) -> dict[str, Any]:
     result, ref = outcome.result, outcome.reference
     engine_seconds = result.engine_seconds
+    engine = result.engine  # None when the clip came from the result cache
     return {
         "task": "voice-clone",
         "output_sample_rate": result.sample_rate,
@@ -48,13 +56,15 @@ def _shape(outcome: CloneOutcome, request_id: str, text_length: int, encode_seco
             "engine": round(engine_seconds, 4),
             "encode": round(encode_seconds, 4),
         },
-        "rtf": round(engine_seconds / result.duration, 4) if result.duration else None,
-        "engine": {"url": result.engine.url, "flavor": result.engine.flavor, "version": result.engine.version},
+        "rtf": round(engine_seconds / result.duration, 4) if result.duration and engine else None,
+        "engine": {"url": engine.url, "flavor": engine.flavor, "version": engine.version} if engine else None,
         "attempts": result.attempts,
         "reference_id": ref.reference_id,
         "voice_id": ref.voice_id,
         "text_language": outcome.text_language,
         "warnings": [*ref.warnings, *result.warnings],
+        "cached": result.cached,
+        "duration_target": result.timing,
     }
 
 
@@ -68,7 +78,7 @@ async def voice_clone(request: Request) -> Response:
     svc = services(request)
     timeout = request_timeout(request)
     started = time.perf_counter()
-    params, synthesis, reference = await _prepare(request, svc)
+    params, synthesis, reference, goal = await _prepare(request, svc)
     if params.stream:
         deadline = stream_deadline(svc, timeout, request_arrived(request))
         opened = await unless_disconnected(
@@ -76,16 +86,21 @@ async def voice_clone(request: Request) -> Response:
         )
         headers = {"X-Sample-Rate": str(opened.rate), "X-Reference-Id": reference.reference_id}
         return EngineAudioResponse(opened, media_type="audio/wav", headers=headers, deadline=deadline)
-    outcome = await unless_disconnected(request, synthesize_clone(svc, synthesis, reference, started, timeout))
+    outcome = await unless_disconnected(
+        request, synthesize_clone(svc, synthesis, reference, started, timeout, goal)
+    )
     encode_started = time.perf_counter()
     # SIMD base64 runs at ~30 GB/s: even a long clip takes well under a worker-thread round trip (DESIGN §8)
     audio_b64 = pybase64.b64encode(outcome.result.wav)
     encode_seconds = time.perf_counter() - encode_started
     meta = _shape(outcome, request.state.request_id, len(params.text), encode_seconds)
-    return Response(_json_with_audio(meta, audio_b64), media_type="application/json")
+    headers = {"X-Cache": outcome.result.cache_status}
+    return Response(_json_with_audio(meta, audio_b64), media_type="application/json", headers=headers)
 
 
-async def _prepare(request: Request, svc: Services) -> tuple[CloneParams, SynthesisRequest, ResolvedReference]:
+async def _prepare(
+    request: Request, svc: Services
+) -> tuple[CloneParams, SynthesisRequest, ResolvedReference, DurationGoal | None]:
     """Read the body and take in the reference. The raw upload dies with this frame, so it is not held in
     memory while the request waits in the queue (it is in the shared dir by then)."""
     limit = svc.settings.max_upload_bytes
@@ -100,5 +115,6 @@ async def _prepare(request: Request, svc: Services) -> tuple[CloneParams, Synthe
     # the base64 text goes to intake only: `params` outlives this frame and must not hold it through the queue
     audio_base64 = params.reference_audio_base64
     params = params.model_copy(update={"reference_audio_base64": None})
+    goal = duration_goal(params, stream=params.stream, speed=params.speed)  # before any reference work
     synthesis, reference = await prepare_clone(svc, params, audio, audio_base64)
-    return params, synthesis, reference
+    return params, synthesis, reference, goal

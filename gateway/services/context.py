@@ -9,6 +9,8 @@ import anyio
 from gateway.engine.pool import EnginePool
 from gateway.metrics import Metrics
 from gateway.services.reference_cache import ReferenceCache
+from gateway.services.result_cache import ResultCache
+from gateway.services.speaking_rate import SpeakingRates
 from gateway.settings import Settings
 from gateway.voices.store import VoiceStore
 
@@ -23,3 +25,7 @@ class Services:
     intake_limiter: anyio.CapacityLimiter
     #: prepared references by upload hash and intake options (metadata only; the audio is in the shared dir)
     reference_cache: ReferenceCache
+    #: seeded renders by content key, on the shared dir (services/render.py)
+    result_cache: ResultCache
+    #: per voice and language speaking rates learned from renders (duration targeting's first guess)
+    speaking_rate: SpeakingRates

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SplitMethod = Literal["cut0", "cut1", "cut2", "cut3", "cut4", "cut5"]
 
@@ -28,7 +28,33 @@ class EngineKnobs(BaseModel):
     model: str | None = Field(None, max_length=128, description="an admin-configured weights name (GATEWAY_MODELS)")
 
 
-class CloneParams(EngineKnobs):
+class DurationFields(BaseModel):
+    """Duration targeting (services/render.py): how long the clip should last, and how far it may be stretched."""
+
+    target_duration: float | None = Field(None, gt=0, le=600, description="seconds the clip should last")
+    duration_tolerance: float = Field(0.05, gt=0, le=1, description="accepted deviation, a fraction of the target")
+    max_stretch: tuple[float, float] = Field(
+        (0.8, 1.25), description="lowest and highest new/old duration factor of the time stretch ('low,high' in forms)"
+    )
+
+    @field_validator("max_stretch", mode="before")
+    @classmethod
+    def _split_pair(cls, value: Any) -> Any:
+        """Forms send one string: "0.8,1.25" (brackets allowed)."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.strip().strip("[]()").split(",")]
+        return value
+
+    @field_validator("max_stretch")
+    @classmethod
+    def _check_bounds(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.5 <= low <= 1 <= high <= 2:
+            raise ValueError("must be [low, high] with 0.5 ≤ low ≤ 1 ≤ high ≤ 2")
+        return value
+
+
+class CloneParams(DurationFields, EngineKnobs):
     """`POST /v1/voice-clone` fields other than the reference itself."""
 
     text: str = Field(min_length=1)

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from gateway.engine.types import SynthesisRequest, SynthesisResult
+from gateway.engine.types import SynthesisRequest
 from gateway.errors import InvalidInput
 from gateway.languages import V2_LANGUAGES, normalize_language
 from gateway.services.context import Services
-from gateway.services.params import CloneParams, EngineKnobs
+from gateway.services.params import CloneParams, DurationFields, EngineKnobs
 from gateway.services.references import INLINE_BASE64_CHARS, decode_base64_reference, take_in_reference
+from gateway.services.render import DurationGoal, Rendered, render
 from gateway.settings import ModelWeights
 from gateway.voices.store import Voice
 
@@ -34,7 +35,7 @@ class ResolvedReference:
 
 @dataclass
 class CloneOutcome:
-    result: SynthesisResult
+    result: Rendered
     reference: ResolvedReference
     text_language: str
     total_seconds: float
@@ -87,6 +88,22 @@ def check_text(services: Services, text: str) -> str:
             f"text is {len(text)} characters; the limit is {limit}", code="text_too_long", limit=limit
         )
     return text
+
+
+def duration_goal(fields: DurationFields, *, stream: bool, speed: float | None) -> DurationGoal | None:
+    """The duration goal a request asks for, if any; refused with a stream (a stream cannot be stretched
+    once sent) and with a client speed (the target chooses the speed)."""
+    if fields.target_duration is None:
+        return None
+    if stream:
+        raise InvalidInput(
+            "target_duration needs the whole clip to fit it; send stream=false", code="duration_needs_whole_clip"
+        )
+    if speed is not None:
+        raise InvalidInput(
+            "send either 'speed' or 'target_duration': the target chooses the speed", code="conflicting_speed"
+        )
+    return DurationGoal(fields.target_duration, fields.duration_tolerance, fields.max_stretch)
 
 
 def resolve_weights(services: Services, name: str | None) -> ModelWeights | None:
@@ -224,8 +241,8 @@ async def synthesize_clone(
     reference: ResolvedReference,
     started: float,
     timeout: float | None,
+    goal: DurationGoal | None = None,
 ) -> CloneOutcome:
-    """`POST /v1/voice-clone` after intake: one pooled engine call (queue, failover, checks)."""
-    result = await services.pool.synthesize(request, timeout=timeout)
-    services.metrics.audio_seconds.inc(result.duration)
+    """`POST /v1/voice-clone` after intake: one render (result cache, pooled engine call, duration goal)."""
+    result = await render(services, request, reference_id=reference.reference_id, goal=goal, timeout=timeout)
     return CloneOutcome(result, reference, request.text_language, time.perf_counter() - started)
