@@ -126,7 +126,7 @@ def test_leftovers_of_dead_writers_are_ignored_and_old_ones_removed(tmp_path: Pa
     assert len(cache) == 1
 
 
-def test_a_damaged_entry_is_a_miss_and_disabled_means_nothing_is_written(tmp_path: Path) -> None:
+def test_damage_and_write_failures_are_misses_and_disabled_means_nothing_is_written(tmp_path: Path) -> None:
     directory = tmp_path / "results"
     cache = ResultCache(directory, 10_000_000)
     cache.load()
@@ -134,6 +134,11 @@ def test_a_damaged_entry_is_a_miss_and_disabled_means_nothing_is_written(tmp_pat
     (directory / f"{key('a')}.wav").write_bytes(b"RIFF garbage")
     assert cache.get(key("a")) is None
     assert len(cache) == 0 and cache.total_bytes == 0
+
+    (directory / f"{key('b')}.wav").mkdir()  # the disk refuses this one (as full or read-only would)
+    assert not cache.put(key("b"), clip(0.5), {})
+    assert cache.get(key("b")) is None and len(cache) == 0
+    assert sorted(p.name for p in directory.iterdir()) == [f"{key('b')}.wav"]  # no temp file left behind
 
     off = ResultCache(tmp_path / "off", 0)
     off.load()

@@ -116,14 +116,19 @@ class ResultCache:
         return CachedResult(wav=wav, sample_rate=info.sample_rate, frames=info.frames, meta=meta)
 
     def put(self, key: str, wav: bytes, meta: dict[str, Any]) -> bool:
-        """Store an entry (replacing one under the same key); False when it alone exceeds the bound."""
+        """Store an entry (replacing one under the same key); False when it alone exceeds the bound or the
+        disk refuses (full, read-only): a cache that cannot store must not fail the render it would keep."""
         meta_bytes = json.dumps(meta, separators=(",", ":")).encode("utf-8")
         size = len(wav) + len(meta_bytes)
         if not self.enabled or size > self.max_bytes:
             return False
         wav_path, meta_path = self._paths(key)
-        write_atomic(wav_path, wav)
-        write_atomic(meta_path, meta_bytes)  # last: the entry is complete once this exists
+        try:
+            write_atomic(wav_path, wav)
+            write_atomic(meta_path, meta_bytes)  # last: the entry is complete once this exists
+        except OSError as exc:
+            log.warning("cannot store result %s: %s", key, exc)
+            return False
         with self._lock:
             self._remember(key, size)
         self._evict()
