@@ -134,6 +134,7 @@ def test_damage_and_write_failures_are_misses_and_disabled_means_nothing_is_writ
     (directory / f"{key('a')}.wav").write_bytes(b"RIFF garbage")
     assert cache.get(key("a")) is None
     assert len(cache) == 0 and cache.total_bytes == 0
+    assert list(directory.iterdir()) == []  # deleted, not left to be indexed again at the next start
 
     (directory / f"{key('b')}.wav").mkdir()  # the disk refuses this one (as full or read-only would)
     assert not cache.put(key("b"), clip(0.5), {})

@@ -95,7 +95,8 @@ class ResultCache:
         self._evict()
 
     def get(self, key: str) -> CachedResult | None:
-        """The entry, marked as just used; None when absent or unreadable (then forgotten)."""
+        """The entry, marked as just used; None when absent or unreadable (then forgotten; a damaged entry's
+        files are deleted: writes are atomic, so damage is real, not a write in progress)."""
         if not self.enabled:
             return None
         wav_path, meta_path = self._paths(key)
@@ -105,10 +106,13 @@ class ResultCache:
             meta = json.loads(meta_bytes)
             info = parse_wav(wav)
             os.utime(wav_path)  # recency, for this replica after a restart and for the others
-        except (OSError, ValueError) as exc:  # missing, evicted meanwhile, or damaged: a miss
-            if not isinstance(exc, FileNotFoundError):
-                log.warning("unreadable cached result %s: %s", key, exc)
+        except FileNotFoundError:  # never stored, or evicted meanwhile (here or by another replica)
             self._forget(key)
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("unreadable cached result %s, deleted: %s", key, exc)
+            self._forget(key)
+            self._delete(key)
             return None
         with self._lock:
             self._remember(key, len(wav) + len(meta_bytes))
@@ -149,14 +153,17 @@ class ResultCache:
             self._total -= self._sizes.pop(key, 0)
 
     def _evict(self) -> None:
-        """Delete the least recently used entries until the total fits: JSON first, so the entry stops
-        being visible before its audio goes."""
+        """Delete the least recently used entries until the total fits."""
         while True:
             with self._lock:
                 if self._total <= self.max_bytes or not self._sizes:
                     return
                 key, size = self._sizes.popitem(last=False)
                 self._total -= size
-            for path in reversed(self._paths(key)):
-                with contextlib.suppress(OSError):  # gone already (another replica evicted it): fine
-                    path.unlink()
+            self._delete(key)
+
+    def _delete(self, key: str) -> None:
+        """JSON first, so the entry stops being visible before its audio goes."""
+        for path in reversed(self._paths(key)):
+            with contextlib.suppress(OSError):  # gone already (another replica evicted it): fine
+                path.unlink()
