@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -11,6 +12,9 @@ from gateway.metrics import Metrics
 from gateway.services.reference_cache import ReferenceCache
 from gateway.settings import Settings
 from gateway.voices.store import VoiceStore
+
+if TYPE_CHECKING:
+    from gateway.jobs.runner import JobManager
 
 
 @dataclass
@@ -23,3 +27,5 @@ class Services:
     intake_limiter: anyio.CapacityLimiter
     #: prepared references by upload hash and intake options (metadata only; the audio is in the shared dir)
     reference_cache: ReferenceCache
+    #: dubbing jobs (set once the container exists: the manager renders through it)
+    jobs: JobManager | None = None
