@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     )
 
     # --- dubbing jobs
-    job_concurrency: int = Field(2, ge=1, description="segments of one job in flight at once")
+    job_concurrency: int = Field(
+        4, ge=1, description="segments of one job in flight at once (at least the engine count to use them all)"
+    )
     job_ttl: float = Field(7 * 24 * 3600.0, gt=0, description="seconds a finished job (and its audio) is kept")
     job_max_upload_bytes: int = Field(
         200_000_000, gt=0, description="cap per file on a job (source track, subtitles, speaker references)"

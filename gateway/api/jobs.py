@@ -26,7 +26,7 @@ from gateway.services.references import decode_base64_reference
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-_FILES = frozenset({"job", "subtitles", "source_audio", "speaker.*"})
+_FILES = frozenset({"job", "subtitles", "source_subtitles", "source_audio", "speaker.*"})
 _TRACK_FORMATS = ("wav", "flac", "mp3")
 #: SSE comment sent when nothing changed for this long, so proxies keep the stream open.
 _KEEPALIVE_SECONDS = 15.0
@@ -72,15 +72,15 @@ async def _read_request(request: Request, svc: Services) -> tuple[JobRequest, Jo
                     raise InvalidInput(f"field '{name}' is not valid JSON", code="invalid_request") from exc
         for name, upload in sorted(form.files.items()):
             digest.update(f"{name}:{hashlib.sha256(upload.data).hexdigest()};".encode())
-            if name == "subtitles":
-                fields["subtitles"] = _text(upload.data, "the subtitles file")
+            if name in ("subtitles", "source_subtitles"):
+                fields[name] = _text(upload.data, f"the {name} file")
             elif name == "source_audio":
                 files.source_audio = upload.data
             elif name.startswith("speaker."):
                 files.speaker_audio[name.removeprefix("speaker.")] = upload.data
     job_request = parse_params(JobRequest, fields)
     digest.update(job_request.model_dump_json().encode())
-    files.subtitles = job_request.subtitles
+    files.subtitles, files.source_subtitles = job_request.subtitles, job_request.source_subtitles
     if job_request.source_audio_base64:
         files.source_audio = decode_base64_reference(job_request.source_audio_base64, limit)
     return job_request, files, digest.hexdigest()
@@ -95,6 +95,7 @@ async def _read_request(request: Request, svc: Services) -> tuple[JobRequest, Jo
         files={
             "job": "the job as a JSON file (instead of form fields)",
             "subtitles": "an SRT, WebVTT or ASS file",
+            "source_subtitles": "the original-language subtitles, cue for cue (their text is each line's source_text)",
             "source_audio": "the original recording (speaker references are cut from it)",
             "speaker.NAME": "a reference recording for speaker NAME",
         },

@@ -64,6 +64,9 @@ class JobRequest(BaseModel):
     segments: list[SegmentRequest] = Field(default_factory=list, max_length=MAX_SEGMENTS)
     subtitles: str | None = Field(None, description="an SRT, WebVTT or ASS file's text (multipart: a file)")
     subtitles_format: Literal["srt", "vtt", "ass"] | None = None
+    source_subtitles: str | None = Field(
+        None, description="the original-language subtitles (same cues): each cue's text becomes source_text"
+    )
     voice: str | None = Field(None, max_length=128, description="default voice (library id or name)")
     language: str = "auto"
     source_language: str | None = Field(None, description="language of the source track's transcript")

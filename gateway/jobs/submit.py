@@ -28,18 +28,31 @@ class JobFiles:
     """Files sent with a job (multipart file fields, or the JSON body's base64 fields decoded)."""
 
     subtitles: str | None = None
+    source_subtitles: str | None = None
     source_audio: bytes | None = None
     speaker_audio: dict[str, bytes] = field(default_factory=dict)
 
 
-def _lines(request: JobRequest, subtitles: str | None) -> list[SegmentRequest]:
-    if subtitles is None:
+def _lines(request: JobRequest, files: JobFiles) -> list[SegmentRequest]:
+    if files.subtitles is None:
+        if files.source_subtitles is not None:
+            raise InvalidInput("source_subtitles go with 'subtitles'", code="invalid_subtitles")
         return request.segments
-    cues = parse_subtitles(subtitles, format=request.subtitles_format)
+    cues = parse_subtitles(files.subtitles, format=request.subtitles_format)
+    originals: list[str | None] = [cue.source_text for cue in cues]
+    if files.source_subtitles is not None:
+        source_cues = parse_subtitles(files.source_subtitles, format=request.subtitles_format)
+        if len(source_cues) != len(cues):
+            raise InvalidInput(
+                f"source_subtitles have {len(source_cues)} cues and subtitles {len(cues)}; they must match cue "
+                "for cue (the original line and its translation)",
+                code="invalid_subtitles",
+            )
+        originals = [cue.text for cue in source_cues]
     return [
         SegmentRequest(id=cue.id, text=cue.text, start=cue.start, end=cue.end, speaker=cue.speaker,
-                       source_text=cue.source_text)
-        for cue in cues
+                       source_text=original)
+        for cue, original in zip(cues, originals, strict=True)
     ]
 
 
@@ -173,7 +186,7 @@ async def build_job(
     services: Services, request: JobRequest, files: JobFiles, *, request_sha256: str, idempotency_key: str | None
 ) -> Job:
     resolve_weights(services, request.knobs.model if request.knobs else None)
-    segments = await _segments(services, request, _lines(request, files.subtitles))
+    segments = await _segments(services, request, _lines(request, files))
     if not segments:
         raise InvalidInput("the job has no lines to speak", code="empty_job")
     if request.voice:
