@@ -197,3 +197,32 @@ def test_interactive_requests_go_before_queued_job_segments(gateway: GatewayServ
     # only the segment that held the engine when the request arrived finished before it
     assert done_when_answered - done_when_sent <= 1, (done_when_sent, done_when_answered)
     wait_for_job(gateway.url, job_id)
+
+
+def test_speaker_references_come_from_a_voice_or_an_upload(gateway: GatewayServer, tmp_path: Path) -> None:
+    narrator = create_voice(gateway.url, tmp_path)
+    bob = create_voice(gateway.url, tmp_path, name="bob", f0=150.0)
+    segments = [{"id": "n", "text": "Narration."}, {"id": "b", "text": "Bob speaks.", "speaker": "BOB"},
+                {"id": "a", "text": "Alice speaks.", "speaker": "ALICE"}]
+    body = {"voice": narrator, "segments": segments, "speakers": {"BOB": {"voice": "bob"}}}
+    alice_ref = make_reference(tmp_path / "alice.wav", seconds=3.5, f0=220.0).read_bytes()
+    accepted = httpx.post(
+        f"{gateway.url}/v1/jobs",
+        data={"job": json.dumps(body)},
+        files={"speaker.ALICE": ("alice.wav", alice_ref, "audio/wav")},
+        timeout=60,
+    )
+    assert accepted.status_code == 202, accepted.text
+    done = wait_for_job(gateway.url, accepted.json()["id"])
+    by_id = {s["id"]: s for s in done["segments"]}
+    assert by_id["n"]["voice_id"] == narrator and by_id["b"]["voice_id"] == bob
+    assert done["speakers"]["ALICE"]["source"] == "upload" and by_id["a"]["voice_id"] is None
+    assert by_id["a"]["reference_id"] == done["speakers"]["ALICE"]["reference_id"]
+    stranger = {"voice": narrator, "segments": segments[:1], "speakers": {"CAROL": {"voice": "bob"}}}
+    assert_error(submit(gateway.url, stranger), 422, "unknown_speaker", contains="CAROL")
+    short = make_reference(tmp_path / "short.wav", seconds=1.0).read_bytes()
+    refused = httpx.post(f"{gateway.url}/v1/jobs", data={"job": json.dumps({**body, "segments": segments})},
+                         files={"speaker.ALICE": ("a.wav", short, "audio/wav")}, timeout=60)
+    assert_error(refused, 422, "reference_too_short")
+    assert_error(httpx.post(f"{gateway.url}/v1/jobs", data={"job": json.dumps(body)},
+                            files={"poster": ("p.png", b"x", "image/png")}, timeout=60), 422, "unexpected_file")
