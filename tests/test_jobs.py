@@ -63,6 +63,8 @@ def test_a_job_runs_every_segment_and_serves_their_audio(gateway: GatewayServer,
     samples, rate = decode_wav(track.content)
     total = sum(s["duration"] for s in finished["segments"])
     assert abs(len(samples) / rate - total) < 0.05  # no cue times: one after the other
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert 'gateway_job_segments_total{outcome="done"} 4.0' in metrics
 
 
 def test_bad_jobs_are_refused_before_anything_runs(gateway: GatewayServer, tmp_path: Path) -> None:
