@@ -1,0 +1,1 @@
+"""Dubbing jobs: subtitles or segments in, one timed voice track out (issue 10)."""
