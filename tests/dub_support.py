@@ -80,3 +80,16 @@ def source_track(cues: Sequence[TimedLine], rate: int) -> np.ndarray:
         start, end = round(cue.start * rate), round(cue.end * rate)
         track[start:end] = speech_like_signal((end - start) / rate, rate, SPEAKER_F0[cue.speaker])
     return track
+
+
+def onsets(samples: np.ndarray, rate: int, threshold: float = 0.02, min_silence: float = 0.05) -> list[float]:
+    """Times (1 ms resolution) where sound starts after at least `min_silence` of near-silence.
+
+    For checking a dubbed track's layout: each segment's onset should be within 10 ms of its cue time.
+    Needs segments separated by at least `min_silence` of silence (the fixture's lines are ≥ 0.2 s apart).
+    """
+    hop = rate // 1000
+    loud = np.abs(samples[: len(samples) // hop * hop]).reshape(-1, hop).max(axis=1) > threshold
+    quiet = round(min_silence * 1000)
+    return [k / 1000 for k in np.flatnonzero(loud).tolist() if k == 0 or not loud[max(0, k - quiet) : k].any()]
+

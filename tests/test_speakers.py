@@ -226,6 +226,14 @@ def test_unusable_lines_are_skipped_and_spans_clamped_to_the_source() -> None:
     assert len(references["A"].samples) == 3 * RATE
 
 
+def test_a_line_overlapping_the_same_speakers_previous_line_is_dropped() -> None:
+    source = tone(10.0)
+    lines = [SpeakerLine("A", 1.0, 2.5, "one"), SpeakerLine("A", 2.0, 3.5, "duplicate timing"),
+             SpeakerLine("A", 3.6, 5.0, "two")]
+    reference = speaker_references(source, RATE, lines)["A"]
+    assert (reference.prompt_text, reference.spans) == ("one two", [(1.0, 2.5), (3.6, 5.0)])
+
+
 def test_reference_is_a_copy_and_source_untouched() -> None:
     source = speech_like_signal(5.0, RATE)
     before = source.copy()

@@ -11,7 +11,9 @@ import pytest
 
 from gateway.audio.convert import encode
 from gateway.audio.track import Overlap, TimedClip, place_on_timeline
+from gateway.jobs.subtitles import parse_subtitles
 from tests.audio_decode import decode_audio
+from tests.dub_support import onsets, two_speaker_srt
 from tests.support import speech_like_signal
 
 RATE = 32000
@@ -19,17 +21,6 @@ RATE = 32000
 
 def clip(clip_id: str, start: float, seconds: float, f0: float = 150.0, level: float = 0.5) -> TimedClip:
     return TimedClip(clip_id, start, speech_like_signal(seconds, RATE, f0, level=level))
-
-
-def onsets(samples: np.ndarray, rate: int, threshold: float = 0.02, min_silence: float = 0.05) -> list[float]:
-    """Times where sound starts after at least `min_silence` of (near) silence, in 1 ms frames."""
-    hop = rate // 1000
-    frames = np.abs(samples[: len(samples) // hop * hop]).reshape(-1, hop).max(axis=1) > threshold
-    found, quiet = [], round(min_silence * 1000)
-    for k in np.flatnonzero(frames):
-        if k == 0 or not frames[max(0, k - quiet) : k].any():
-            found.append(k / 1000)
-    return found
 
 
 def test_clips_start_at_their_exact_sample_with_silence_between() -> None:
@@ -57,6 +48,18 @@ def test_encoded_track_onsets_within_10_ms_of_cue_times(fmt: str) -> None:
     assert len(found) == len(starts), found
     for expected, actual in zip(starts, found, strict=True):
         assert abs(actual - expected) <= 0.010, f"onset at {actual:.3f} s, cue at {expected:.3f} s"
+
+
+def test_twenty_cue_srt_on_one_track() -> None:
+    """The issue's layout check without an engine: every cue's clip sounds from its cue time (±10 ms)."""
+    cues = parse_subtitles(two_speaker_srt())
+    clips = [TimedClip(cue.id, cue.start, speech_like_signal(cue.end - cue.start, RATE, 140.0)) for cue in cues]
+    track = place_on_timeline(clips, RATE)
+    assert track.overlaps == []
+    assert track.seconds == pytest.approx(cues[-1].end)
+    data, _ = encode(track.samples, RATE, "flac")
+    found = onsets(*decode_audio(data, "flac"))
+    assert found == pytest.approx([cue.start for cue in cues], abs=0.010)
 
 
 def test_length_is_the_latest_end_not_the_last_clip() -> None:
