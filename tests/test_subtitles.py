@@ -13,7 +13,7 @@ from tests.dub_support import two_speaker_script, two_speaker_srt
 
 SRT = """1
 00:00:01,000 --> 00:00:02,500
-ALICE: <i>Hello</i> there,
+ALICE: <i>Hello</i> <font color="#ff0000">there</font>,
 <b>my friend</b>.
 
 2
