@@ -21,6 +21,8 @@ from gateway.services.synthesis import check_language, check_text, find_voice, r
 
 #: Longest source track decoded (float32 mono in memory: 30 min at 48 kHz is ~350 MB).
 MAX_SOURCE_SECONDS = 1800.0
+#: Seconds over the reference minimum asked of a cut, so what intake's silence trim takes leaves enough.
+_TRIM_MARGIN = 0.3
 
 
 @dataclass
@@ -147,8 +149,9 @@ async def _cut_from_source(
 
     def cut() -> dict[str, tuple[bytes, str, list[tuple[float, float]]]]:
         samples, rate = decode_audio(source, max_declared_seconds=MAX_SOURCE_SECONDS)
+        # a margin over the minimum: intake trims the edges' silence before it checks the length
         references = speaker_references(
-            samples, rate, lines, min_seconds=settings.min_reference_seconds,
+            samples, rate, lines, min_seconds=settings.min_reference_seconds + _TRIM_MARGIN,
             max_seconds=settings.max_reference_seconds,
         )
         return {
