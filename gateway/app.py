@@ -12,10 +12,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from gateway import __version__
-from gateway.api import health, speech, voice_clone, voices
+from gateway.api import health, jobs, speech, voice_clone, voices
 from gateway.api.context import ClientDisconnected, RequestContext
 from gateway.engine.pool import EnginePool
 from gateway.errors import install_error_handlers
+from gateway.jobs.runner import JobManager
+from gateway.jobs.store import JobStore
+from gateway.jobs.work import render_segment
 from gateway.metrics import Metrics
 from gateway.services.context import Services
 from gateway.services.reference_cache import ReferenceCache
@@ -52,10 +55,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             result_cache=result_cache,
             speaking_rate=SpeakingRates(),
         )
+        services = app.state.services
+        services.jobs = JobManager(services, JobStore(settings.jobs_dir), render_segment)
+        await services.jobs.start()
         log.info("gateway ready: engines=%s shared_dir=%s", ",".join(settings.engines), settings.shared_dir)
         try:
             yield
         finally:
+            await services.jobs.close()
             await pool.close()
 
     app = FastAPI(
@@ -70,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _gone(request: Request, exc: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
 
-    for module in (voice_clone, speech, voices, health):
+    for module in (voice_clone, speech, voices, jobs, health):
         app.include_router(module.router)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

@@ -45,6 +45,9 @@ class Metrics:
             "gateway_stream_cuts", "Streams cut after their 200, by reason (engine, stall, deadline, client)",
             ["reason"], registry=r,
         )
+        self.job_segments = Counter(
+            "gateway_job_segments", "Dubbing-job lines finished, by outcome (done, failed)", ["outcome"], registry=r
+        )
         self.references = Counter(
             "gateway_references", "Reference intake outcomes (stored, reused, or an error code)", ["outcome"],
             registry=r,

@@ -70,6 +70,15 @@ class Settings(BaseSettings):
         4_000_000, gt=0, description="encoded audio held for a slow reader; once full, the engine waits"
     )
 
+    # --- dubbing jobs
+    job_concurrency: int = Field(
+        4, ge=1, description="segments of one job in flight at once (at least the engine count to use them all)"
+    )
+    job_ttl: float = Field(7 * 24 * 3600.0, gt=0, description="seconds a finished job (and its audio) is kept")
+    job_max_upload_bytes: int = Field(
+        200_000_000, gt=0, description="cap per file on a job (source track, subtitles, speaker references)"
+    )
+
     @field_validator("engines", mode="before")
     @classmethod
     def _split_engines(cls, value: Any) -> Any:
@@ -107,6 +116,10 @@ class Settings(BaseSettings):
     @property
     def results_dir(self) -> Path:
         return self.shared_dir / "results"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.shared_dir / "jobs"
 
     def to_engine_path(self, local: Path) -> str:
         """Translate a file under shared_dir into the path the engine opens (absolute on its side)."""

@@ -44,6 +44,14 @@ class Form:
     files: dict[str, UploadedFile] = field(default_factory=dict)
 
 
+def _file_field_allowed(name: str, file_fields: frozenset[str]) -> bool:
+    """`name` is one of the route's file fields, or matches a `prefix.*` one (e.g. `speaker.alice`)."""
+    return name in file_fields or any(
+        allowed.endswith(".*") and name.startswith(allowed[:-1]) and len(name) > len(allowed) - 1
+        for allowed in file_fields
+    )
+
+
 class _FormBuilder:
     """python-multipart callbacks that collect parts while enforcing per-part caps."""
 
@@ -83,7 +91,7 @@ class _FormBuilder:
         raw_filename = options.get(b"filename")
         self._is_file = raw_filename is not None
         self._filename = raw_filename.decode("utf-8", "replace") if raw_filename is not None else None
-        if self._is_file and self._name not in self.file_fields:
+        if self._is_file and not _file_field_allowed(self._name, self.file_fields):
             # refused before a byte of it is buffered; a silently ignored file would hide a client's mistake
             expected = " or ".join(f"'{name}'" for name in sorted(self.file_fields)) or "no file"
             raise InvalidInput(f"unexpected file field '{self._name[:64]}'; this route takes {expected}",

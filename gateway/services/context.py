@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -13,6 +14,9 @@ from gateway.services.result_cache import ResultCache
 from gateway.services.speaking_rate import SpeakingRates
 from gateway.settings import Settings
 from gateway.voices.store import VoiceStore
+
+if TYPE_CHECKING:
+    from gateway.jobs.runner import JobManager
 
 
 @dataclass
@@ -29,3 +33,5 @@ class Services:
     result_cache: ResultCache
     #: per voice and language speaking rates learned from renders (duration targeting's first guess)
     speaking_rate: SpeakingRates
+    #: dubbing jobs (set once the container exists: the manager renders through it)
+    jobs: JobManager | None = None
