@@ -35,6 +35,10 @@ log = logging.getLogger("gateway.render")
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
 
 Method = Literal["none", "speed", "stretch", "speed+stretch"]
+#: (engine speed changed, stretched) → the method reported
+_METHODS: dict[tuple[bool, bool], Method] = {
+    (False, False): "none", (True, False): "speed", (False, True): "stretch", (True, True): "speed+stretch"
+}
 
 
 @dataclass(frozen=True)
@@ -100,8 +104,7 @@ def fit_duration(wav: bytes, goal: DurationGoal, speed: float) -> tuple[bytes, i
         samples = time_stretch(samples, rate, factor)
         wav = pcm16_wav(samples, rate)
     achieved = len(samples) / rate
-    parts = [name for name, used in (("speed", speed != 1.0), ("stretch", factor != 1.0)) if used]
-    method: Method = "+".join(parts) or "none"  # type: ignore[assignment]
+    method = _METHODS[(speed != 1.0, factor != 1.0)]
     report = {
         "target": round(goal.target, 4),
         "achieved": round(achieved, 4),
