@@ -146,10 +146,13 @@ def test_duration_fields_are_checked_before_any_work(gateway: GatewayServer, ref
                  contains="target_duration")
     assert_error(clone(gateway.url, reference, target_duration="2", duration_tolerance="1.5"), 422,
                  "invalid_request", contains="duration_tolerance")
-    payload = {"text": CLONE_TEXT, "text_language": "en", "prompt_language": "en", "target_duration": 3.5,
-               "duration_tolerance": 0.02, "max_stretch": [0.9, 1.1],
+    payload = {"text": CLONE_TEXT, "text_language": "en", "target_duration": 3.5, "max_stretch": [1.1, 1.3],
                "reference_audio_base64": base64.b64encode(reference).decode()}
-    body, samples, rate = body_audio(httpx.post(f"{gateway.url}/v1/voice-clone", json=payload, timeout=60))
+    assert_error(httpx.post(f"{gateway.url}/v1/voice-clone", json=payload, timeout=60), 422, "invalid_request",
+                 contains="max_stretch")
+    # a form sends the pair as "low,high"
+    response = clone(gateway.url, reference, target_duration="3.5", duration_tolerance="0.02", max_stretch="0.9, 1.1")
+    body, samples, rate = body_audio(response)
     timing = body["duration_target"]
     assert 0.9 <= timing["stretch"] <= 1.1
     assert timing["within_tolerance"] == (abs(len(samples) / rate - 3.5) <= 0.02 * 3.5)
