@@ -69,7 +69,8 @@ def test_a_job_runs_every_segment_and_serves_their_audio(gateway: GatewayServer,
     assert flac_track.status_code == 200 and flac_track.headers["x-sample-rate"] == "24000"
     flac_samples, flac_rate = sf.read(io.BytesIO(flac_track.content), dtype="float32")
     assert flac_rate == 24000 and abs(len(flac_samples) / flac_rate - len(samples) / rate) < 0.01
-    assert not list(gateway.settings.jobs_dir.glob(".track-*"))  # the temporary track file went with the answer
+    # the temporary track file goes once the answer is sent (a background task: just after the client has it)
+    wait_until(lambda: not list(gateway.settings.jobs_dir.glob(".track-*")), timeout=5)
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     assert 'gateway_job_segments_total{outcome="done"} 4.0' in metrics
 
