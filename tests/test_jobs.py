@@ -3,6 +3,7 @@ segments only, idempotency, cancellation, expiry, events, and interactive reques
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import soundfile as sf
 
 from tests.gateway_support import GatewayServer, clone, fast_settings, running_gateway
 from tests.job_support import create_voice, job, lines, submit, wait_for_done_segments, wait_for_job
@@ -63,6 +65,12 @@ def test_a_job_runs_every_segment_and_serves_their_audio(gateway: GatewayServer,
     samples, rate = decode_wav(track.content)
     total = sum(s["duration"] for s in finished["segments"])
     assert abs(len(samples) / rate - total) < 0.05  # no cue times: one after the other
+    flac_track = httpx.get(f"{finished['track_url']}?format=flac&sample_rate=24000", timeout=60)
+    assert flac_track.status_code == 200 and flac_track.headers["x-sample-rate"] == "24000"
+    flac_samples, flac_rate = sf.read(io.BytesIO(flac_track.content), dtype="float32")
+    assert flac_rate == 24000 and abs(len(flac_samples) / flac_rate - len(samples) / rate) < 0.01
+    # the temporary track file goes once the answer is sent (a background task: just after the client has it)
+    wait_until(lambda: not list(gateway.settings.jobs_dir.glob(".track-*")), timeout=5)
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     assert 'gateway_job_segments_total{outcome="done"} 4.0' in metrics
 

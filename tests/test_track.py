@@ -6,11 +6,15 @@ segment's onset must be within 10 ms of its start time, as the issue's dubbing t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile as sf
 
 from gateway.audio.convert import encode
-from gateway.audio.track import Overlap, TimedClip, place_on_timeline
+from gateway.audio.track import LazyClip, Overlap, TimedClip, mix, place_on_timeline, write_track
 from gateway.jobs.subtitles import parse_subtitles
 from tests.audio_decode import decode_audio
 from tests.dub_support import onsets, two_speaker_srt
@@ -108,3 +112,52 @@ def test_empty_and_invalid_clips() -> None:
         place_on_timeline([clip("nan", float("nan"), 1.0)], RATE)
     with pytest.raises(ValueError, match=r"clip 'st': expected mono samples, got shape \(10, 2\)"):
         place_on_timeline([TimedClip("st", 0.0, np.zeros((10, 2), dtype=np.float32))], RATE)
+
+
+def test_windows_make_the_same_timeline_and_load_each_clip_only_when_its_window_comes() -> None:
+    rate = 8000
+    rng = np.random.default_rng(3)
+    clips = [(0.05, 0.3), (0.2, 0.5), (1.0, 0.1), (2.73, 0.4)]  # (start, seconds): overlaps and window edges
+    samples = [rng.uniform(-0.4, 0.4, round(seconds * rate)).astype(np.float32) for _, seconds in clips]
+    loaded: list[str] = []
+
+    def loader(index: int) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            loaded.append(f"c{index}")
+            return samples[index]
+        return load
+
+    lazy = [LazyClip(f"c{i}", round(start * rate), loader(i)) for i, (start, _) in enumerate(clips)]
+    whole = np.concatenate(list(mix(lazy, 10 * rate)))
+    loaded.clear()
+    windows = mix(lazy, 1000)  # 0.125 s windows: clips cross window edges
+    first = [next(windows) for _ in range(4)]  # up to 0.5 s
+    assert loaded == ["c0", "c1"]  # the clips at 1.0 s and 2.73 s are not loaded yet
+    rest = list(windows)
+    assert loaded == ["c0", "c1", "c2", "c3"]
+    assert np.array_equal(np.concatenate(first + rest), whole)
+    assert len(whole) == round(2.73 * rate) + len(samples[3])  # ends with the last clip
+    expected = np.zeros_like(whole)
+    for (start, _), clip in zip(clips, samples, strict=True):
+        expected[round(start * rate) : round(start * rate) + len(clip)] += clip
+    assert np.allclose(whole, np.clip(expected, -1, 1))
+    assert list(mix([], 1000)) == []
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3"])
+def test_write_track_encodes_windows_into_a_file_of_the_whole_length(fmt: str, tmp_path: Path) -> None:
+    rate = 16000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(rate) / rate)).astype(np.float32)
+    lazy = [LazyClip("a", 0, lambda: tone), LazyClip("b", round(2.5 * rate), lambda: tone)]
+    path = tmp_path / f"track.{fmt}"
+    with path.open("w+b") as out:
+        write_track(mix(lazy, 4000), rate, fmt, out)
+    if fmt == "mp3":
+        decoded, decoded_rate = decode_audio(path.read_bytes(), "mp3")
+        assert decoded_rate == rate and abs(len(decoded) / rate - 3.5) < 0.15  # + LAME delay and padding
+    else:
+        info = sf.info(str(path))
+        assert info.samplerate == rate and info.frames == round(3.5 * rate)  # the header knows the length
+        samples, _ = sf.read(str(path), dtype="float32")
+        assert np.max(np.abs(samples[:rate])) > 0.25
+        assert np.max(np.abs(samples[rate + 100 : round(2.5 * rate) - 100])) < 1e-3  # silence between

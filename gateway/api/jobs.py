@@ -10,7 +10,8 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from gateway.api.context import services
 from gateway.api.params import openapi_body, parse_params
@@ -18,7 +19,7 @@ from gateway.api.uploads import is_json, read_json, read_multipart
 from gateway.audio.convert import OUTPUT_FORMATS
 from gateway.errors import BadRequest, Conflict, InvalidInput, NotFound
 from gateway.jobs.model import FINISHED, JobRequest
-from gateway.jobs.output import build_track, job_summary, job_view, segment_audio
+from gateway.jobs.output import job_summary, job_track_file, job_view, segment_audio
 from gateway.jobs.runner import JobManager
 from gateway.jobs.submit import JobFiles, build_job
 from gateway.services.context import Services
@@ -190,13 +191,14 @@ async def get_track(
         raise Conflict(f"job {job_id} is {job.status}; the track is ready when it finishes", code="job_not_finished",
                        progress=job.progress())
     fmt = _audio_format(format or job.format, _TRACK_FORMATS)
-    data, rate, placed = await anyio.to_thread.run_sync(build_track, job, manager.store, fmt, sample_rate)
+    path, rate, placed = await anyio.to_thread.run_sync(job_track_file, job, manager.store, fmt, sample_rate)
     headers = {
         "X-Sample-Rate": str(rate),
         "X-Segments": str(placed),
         "Content-Disposition": f'attachment; filename="{job.id}.{fmt}"',
     }
-    return Response(data, media_type=OUTPUT_FORMATS[fmt], headers=headers)
+    return FileResponse(path, media_type=OUTPUT_FORMATS[fmt], headers=headers,
+                        background=BackgroundTask(path.unlink, missing_ok=True))
 
 
 @router.get("/{job_id}/events", summary="Server-Sent Events: `progress` at every change, then `end`")

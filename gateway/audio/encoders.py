@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import av
 import lameenc
@@ -150,12 +150,13 @@ class _Sink:
 
 
 class AvEncoder:
-    """A compressed format through PyAV. `sink=None` streams (drained after every feed); a BytesIO sink is
-    for a whole clip (the FLAC muxer then seeks back to write the length) and is read after `finish`."""
+    """A compressed format through PyAV. `sink=None` streams (drained after every feed); a seekable sink is
+    for a whole clip (the FLAC muxer then seeks back to write the length): a BytesIO is read after `finish`,
+    a file holds the result itself (feed and finish return nothing then)."""
 
     costly = True
 
-    def __init__(self, fmt: str, source_rate: int, rate: int, sink: io.BytesIO | None = None) -> None:
+    def __init__(self, fmt: str, source_rate: int, rate: int, sink: BinaryIO | None = None) -> None:
         codec = CODECS[fmt]
         self.rate = rate
         self._samples = _Samples(source_rate, rate)
@@ -191,7 +192,9 @@ class AvEncoder:
         tail = self.feed_samples(self._samples.feed(b"", last=True))
         self._mux(self._stream.encode(None))
         self._container.close()  # writes the trailer (Ogg's last page, FLAC's length when it can seek)
-        return self._sink.getvalue() if self._sink is not None else tail + self._stream_sink.drain()
+        if self._sink is None:
+            return tail + self._stream_sink.drain()
+        return self._sink.getvalue() if isinstance(self._sink, io.BytesIO) else b""
 
     def _mux(self, packets: Any) -> None:
         for packet in packets:

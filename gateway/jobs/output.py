@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from gateway.audio.convert import encode, resample
-from gateway.audio.track import TimedClip, place_on_timeline
+from gateway.audio.convert import check_output, encode, resample
+from gateway.audio.track import WINDOW_SECONDS, LazyClip, mix, write_track
 from gateway.audio.wav import wav_samples
 from gateway.jobs.model import Job, Segment
 from gateway.jobs.store import JobStore
@@ -63,22 +67,39 @@ def job_summary(job: Job, base_url: str) -> dict[str, Any]:
     }
 
 
-def build_track(job: Job, store: JobStore, fmt: str, sample_rate: int | None) -> tuple[bytes, int, int]:
-    """Every done segment at its start time, silence between → (encoded bytes, rate, segments placed).
-    Blocking: run it in a worker thread."""
+def job_track_file(job: Job, store: JobStore, fmt: str, sample_rate: int | None) -> tuple[Path, int, int]:
+    """The track in a temporary file in the jobs dir (the caller sends and deletes it) → (path, rate, segments
+    placed). A feature-length track never sits in memory. Blocking: run it in a worker thread."""
+    fd, name = tempfile.mkstemp(dir=store.root, prefix=".track-", suffix=".tmp")  # swept if we die meanwhile
+    try:
+        with os.fdopen(fd, "w+b") as out:
+            rate, placed = _write_job_track(job, store, fmt, sample_rate, out)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name), rate, placed
+
+
+def _write_job_track(job: Job, store: JobStore, fmt: str, sample_rate: int | None, out: BinaryIO) -> tuple[int, int]:
+    """Every done segment at its start time, silence between, encoded into `out` window by window (memory
+    stays a window and the segments sounding in it)."""
     placed = placements(job)
-    clips: list[TimedClip] = []
     rate = sample_rate or job.sample_rate
-    for segment, start in placed:
-        assert segment.audio is not None
-        samples, clip_rate = wav_samples(store.read_audio(segment.audio))
-        rate = rate or clip_rate
-        clips.append(TimedClip(id=segment.id, start=start, samples=resample(samples, clip_rate, rate)))
-    rate = rate or 32000
-    track = place_on_timeline(clips, rate)
-    samples = track.samples if track.samples.size else np.zeros(1, dtype=np.float32)
-    data, out_rate = encode(samples, rate, fmt)
-    return data, out_rate, len(clips)
+    if rate is None:  # the engines' own rate, from the first segment
+        rate = placed[0][0].sample_rate if placed and placed[0][0].sample_rate else 32000
+    rate = check_output(fmt, rate)
+
+    def loader(digest: str) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            samples, clip_rate = wav_samples(store.read_audio(digest))
+            return resample(samples, clip_rate, rate)
+
+        return load
+
+    clips = [LazyClip(segment.id, round(start * rate), loader(segment.audio or "")) for segment, start in placed]
+    windows = mix(clips, WINDOW_SECONDS * rate) if clips else iter([np.zeros(1, dtype=np.float32)])
+    write_track(windows, rate, fmt, out)
+    return rate, len(clips)
 
 
 def segment_audio(store: JobStore, segment: Segment, fmt: str, sample_rate: int | None) -> tuple[bytes, int]:
