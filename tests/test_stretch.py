@@ -10,7 +10,7 @@ import pytest
 
 from gateway.audio.stretch import atempo_chain, time_stretch
 from gateway.audio.wav import pcm16_wav, wav_samples
-from gateway.services.render import DurationGoal, choose_speed, fit_duration, stretch_factor
+from gateway.services.render import DurationGoal, Rendered, choose_speed, corrected_speed, fit_duration, stretch_factor
 from tests.support import measured_median_f0, rms, speech_like_signal
 
 RATE = 32000
@@ -90,5 +90,36 @@ def test_fit_duration_reports_what_it_did_and_never_cuts(voice: np.ndarray) -> N
 
     untouched, frames, report = fit_duration(wav, DurationGoal(target=3.05), speed=1.0)
     assert untouched == wav and frames == len(voice)
-    assert report == {"target": 3.05, "achieved": 3.0, "method": "none", "speed": 1.0, "stretch": 1.0,
-                      "within_tolerance": True}
+    assert report == {"target": 3.05, "raw": 3.0, "speech": 3.0, "achieved": 3.0, "method": "none", "speed": 1.0,
+                      "stretch": 1.0, "within_tolerance": True}
+
+    # 3 s cannot become 5 s within 0.8–1.25 either: stretched by 1.25, then silence fills the slot
+    padded, frames, report = fit_duration(wav, DurationGoal(target=5.0), speed=1.0)
+    samples, _ = wav_samples(padded)
+    assert report["method"] == "stretch+pad" and report["within_tolerance"] is True
+    assert report["speech"] == pytest.approx(3.75, rel=0.01) and frames == round(5.0 * RATE)
+    assert rms(samples[: round(3.7 * RATE)]) > 0.05 and not samples[round(3.8 * RATE) :].any()
+
+
+def test_fit_duration_trims_the_engines_edge_silence_so_speech_starts_on_the_cue(voice: np.ndarray) -> None:
+    lead, tail = np.zeros(round(0.25 * RATE), np.float32), np.zeros(round(0.4 * RATE), np.float32)
+    padded = pcm16_wav(np.concatenate([lead, voice, tail]), RATE)  # 3.65 s, 3.0 s of it speech
+    fitted, _, report = fit_duration(padded, DurationGoal(target=3.0), speed=1.0)
+    samples, _ = wav_samples(fitted)
+    assert report["raw"] == pytest.approx(3.0, abs=0.011) and report["method"] == "none"
+    assert np.flatnonzero(np.abs(samples) > 1e-3)[0] <= round(0.006 * RATE)  # at most the 5 ms kept
+    quiet = pcm16_wav(np.zeros(RATE, np.float32), RATE)  # nothing loud: nothing trimmed, nothing lost
+    assert fit_duration(quiet, DurationGoal(target=1.0), speed=1.0)[1] == RATE
+
+
+def test_a_render_the_stretch_cannot_fit_asks_for_a_second_one_at_the_measured_speed() -> None:
+    def rendered(raw: float) -> Rendered:
+        timing = {"target": 4.4, "raw": raw, "achieved": raw, "method": "speed", "speed": 1.0, "stretch": 1.0,
+                  "within_tolerance": False}
+        return Rendered(b"", 32000, 0, None, 1, 0.0, 0.0, False, timing)
+
+    goal = DurationGoal(target=4.4)
+    assert corrected_speed(rendered(3.28), goal, 1.0) == pytest.approx(0.745, abs=1e-3)  # 1.34x is past 1.25
+    assert corrected_speed(rendered(6.0), goal, 1.0) == pytest.approx(1.364, abs=1e-3)  # 0.73x is under 0.8
+    assert corrected_speed(rendered(4.0), goal, 1.0) is None  # 1.1x: the stretch reaches it
+    assert corrected_speed(rendered(1.0), goal, 0.5) is None  # already as slow as the engine goes

@@ -75,3 +75,27 @@ def time_stretch(samples: np.ndarray, rate: int, factor: float) -> np.ndarray:
     source.push(None)  # end of stream: atempo flushes its last window
     drain()
     return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros(0, dtype=np.float32)
+
+
+#: Edge trimming for clips placed on a timeline: 5 ms frames, anything 40 dB under the clip's loudest frame is
+#: silence, and 5 ms of it stays before and after the speech (so the onset lands on the cue, not on a gap).
+_EDGE_FRAME_SECONDS = 0.005
+_EDGE_TOP_DB = 40.0
+_EDGE_KEEP_SECONDS = 0.005
+
+
+def trim_edge_silence(samples: np.ndarray, rate: int) -> np.ndarray:
+    """The clip without its leading and trailing silence (engines pad speech with some): speech itself is never
+    cut, only frames far below the loudest one at either edge. An all-silent clip is returned unchanged."""
+    hop = max(1, round(_EDGE_FRAME_SECONDS * rate))
+    frames = len(samples) // hop
+    if frames == 0:
+        return samples
+    rms = np.sqrt(np.mean(np.square(samples[: frames * hop].reshape(frames, hop), dtype=np.float64), axis=1))
+    if not rms.max() > 0:
+        return samples
+    loud = np.flatnonzero(rms >= rms.max() * 10.0 ** (-_EDGE_TOP_DB / 20.0))
+    keep = round(_EDGE_KEEP_SECONDS * rate)
+    start = max(0, int(loud[0]) * hop - keep)
+    end = len(samples) if int(loud[-1]) == frames - 1 else min(len(samples), (int(loud[-1]) + 1) * hop + keep)
+    return samples[start:end]

@@ -4,8 +4,9 @@ result cache, then the pool, then duration targeting.
 Duration targeting: the speaking-rate predictor guesses how long the voice takes at speed 1, the engine's
 speed knob aims at the target, and a result still outside the tolerance is time-stretched (pitch kept,
 audio/stretch.py) toward the target within `max_stretch`. Speech is never cut: when the target cannot be
-reached within those bounds the clip keeps all its audio and `within_tolerance` says false. The clip's
-leading and trailing silence count as part of its duration.
+reached within those bounds the clip keeps all its speech and `within_tolerance` says false. The engine's
+leading and trailing silence is trimmed first (to 5 ms): the target is for the speech, and a dubbed line must
+start on its cue, not on the engine's pause before it.
 
 Result cache: with a fixed seed the render is a pure function of its inputs (result_cache.py). With a goal
 the key holds the goal instead of the speed, because the speed chosen depends on what the predictor has
@@ -21,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
+import numpy as np
 
-from gateway.audio.stretch import time_stretch
+from gateway.audio.stretch import time_stretch, trim_edge_silence
 from gateway.audio.wav import pcm16_wav, wav_samples
 from gateway.engine.selection import Priority
 from gateway.engine.types import EngineInfo, SynthesisRequest, SynthesisResult
@@ -34,11 +36,6 @@ log = logging.getLogger("gateway.render")
 #: the engine speed knob's range when aiming at a duration (GPT-SoVITS speaks intelligibly within it)
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
 
-Method = Literal["none", "speed", "stretch", "speed+stretch"]
-#: (engine speed changed, stretched) → the method reported
-_METHODS: dict[tuple[bool, bool], Method] = {
-    (False, False): "none", (True, False): "speed", (False, True): "stretch", (True, True): "speed+stretch"
-}
 
 
 @dataclass(frozen=True)
@@ -96,24 +93,36 @@ def stretch_factor(seconds: float, goal: DurationGoal) -> float:
 
 
 def fit_duration(wav: bytes, goal: DurationGoal, speed: float) -> tuple[bytes, int, dict[str, Any]]:
-    """Stretch an engine WAV toward the goal if needed (CPU work: run in a thread); (wav, frames, report)."""
+    """Fit an engine WAV to the goal (CPU work: run in a thread) → (wav, frames, report).
+
+    The edges' silence goes, then the speech is stretched toward the target within `max_stretch`. Speech still
+    too short after that is followed by silence up to the target (the line fills its slot: what a timeline
+    gets anyway); speech too long stays whole (`within_tolerance` false)."""
     samples, rate = wav_samples(wav)
-    raw = len(samples) / rate
+    speech = trim_edge_silence(samples, rate)  # the target is for the speech: an onset on the cue, not a gap
+    raw = len(speech) / rate
     factor = stretch_factor(raw, goal)
     if factor != 1.0:
-        samples = time_stretch(samples, rate, factor)
-        wav = pcm16_wav(samples, rate)
-    achieved = len(samples) / rate
-    method = _METHODS[(speed != 1.0, factor != 1.0)]
+        speech = time_stretch(speech, rate, factor)
+    spoken = len(speech) / rate
+    padded = spoken < goal.target * (1 - goal.tolerance)
+    if padded:
+        speech = np.concatenate([speech, np.zeros(round(goal.target * rate) - len(speech), dtype=np.float32)])
+    if len(speech) != len(samples):
+        wav = pcm16_wav(speech, rate)
+    achieved = len(speech) / rate
+    used = [name for name, on in (("speed", speed != 1.0), ("stretch", factor != 1.0), ("pad", padded)) if on]
     report = {
         "target": round(goal.target, 4),
+        "raw": round(raw, 4),  # the engine's speech, edge silence trimmed, before any stretch
+        "speech": round(spoken, 4),  # the speech after the stretch (without the padding)
         "achieved": round(achieved, 4),
-        "method": method,
+        "method": "+".join(used) or "none",
         "speed": speed,
         "stretch": round(factor, 4),
         "within_tolerance": goal.fits(achieved),
     }
-    return wav, len(samples), report
+    return wav, len(speech), report
 
 
 def cache_inputs(
@@ -166,8 +175,19 @@ async def render(
         speed = choose_speed(predicted, goal)
         request = dataclasses.replace(request, speed=speed)
     result = await services.pool.synthesize(request, timeout=timeout, priority=priority)
-    services.speaking_rate.observe(reference_id, request.text_language, request.text, result.duration, speed)
     rendered = await _finish(result, goal, speed, key)
+    _observe(services, reference_id, request, rendered, result.duration, speed)
+    if goal is not None and (better := corrected_speed(rendered, goal, speed)) is not None:
+        # the prediction was too far off for the stretch bounds: once more at the speed this render measured
+        first, speed = rendered, better
+        request = dataclasses.replace(request, speed=speed)
+        result = await services.pool.synthesize(request, timeout=timeout, priority=priority)
+        rendered = await _finish(result, goal, speed, key)
+        _observe(services, reference_id, request, rendered, result.duration, speed)
+        rendered.engine_seconds += first.engine_seconds
+        rendered.attempts += first.attempts
+        if rendered.timing is not None:
+            rendered.timing["renders"] = 2
     metrics.audio_seconds.inc(rendered.duration)
     if rendered.timing is not None:
         timing = rendered.timing
@@ -177,6 +197,28 @@ async def render(
         if await anyio.to_thread.run_sync(cache.put, key, rendered.wav, meta):
             metrics.result_cache.labels(outcome="store").inc()
     return rendered
+
+
+def corrected_speed(rendered: Rendered, goal: DurationGoal, speed: float) -> float | None:
+    """A second engine speed when a render's speech is outside what stretching within `max_stretch` can bring
+    to the target; None when the stretch reaches it, or the speed would not change (at its limit)."""
+    timing = rendered.timing
+    if timing is None or not timing["raw"] > 0:
+        return None
+    low, high = goal.max_stretch
+    if low <= goal.target / timing["raw"] <= high:
+        return None
+    better = round(min(MAX_SPEED, max(MIN_SPEED, speed * timing["raw"] / goal.target)), 3)
+    return better if abs(better - speed) > 0.02 * speed else None
+
+
+def _observe(
+    services: Services, reference_id: str, request: SynthesisRequest, rendered: Rendered, engine_duration: float,
+    speed: float,
+) -> None:
+    """Teach the predictor the speech's own length when it was measured (edges trimmed), else the clip's."""
+    spoken = rendered.timing["raw"] if rendered.timing is not None else engine_duration
+    services.speaking_rate.observe(reference_id, request.text_language, request.text, spoken, speed)
 
 
 async def _finish(result: SynthesisResult, goal: DurationGoal | None, speed: float, key: str | None) -> Rendered:
