@@ -236,3 +236,17 @@ def test_speaker_references_come_from_a_voice_or_an_upload(gateway: GatewayServe
     assert_error(refused, 422, "reference_too_short")
     assert_error(httpx.post(f"{gateway.url}/v1/jobs", data={"job": json.dumps(body)},
                             files={"poster": ("p.png", b"x", "image/png")}, timeout=60), 422, "unexpected_file")
+
+
+def test_rerendering_an_unchanged_seeded_job_costs_no_engine_time(gateway: GatewayServer, tmp_path: Path) -> None:
+    voice = create_voice(gateway.url, tmp_path)
+    body = {"voice": voice, "seed": 5, "segments": [{**line, "start": 2.0 * i, "end": 2.0 * i + 1.8}
+                                                      for i, line in enumerate(lines(3))]}
+    first = wait_for_job(gateway.url, submit(gateway.url, body).json()["id"])
+    assert first["status"] == "done" and not any(s["cached"] for s in first["segments"])
+    calls = engine_stats_requests(gateway)
+    again = wait_for_job(gateway.url, submit(gateway.url, body).json()["id"])
+    assert again["status"] == "done" and all(s["cached"] for s in again["segments"])
+    assert engine_stats_requests(gateway) == calls  # every line came from the result cache
+    assert [s["audio"] for s in again["segments"]] == [s["audio"] for s in first["segments"]]
+    assert [s["timing"] for s in again["segments"]] == [s["timing"] for s in first["segments"]]
