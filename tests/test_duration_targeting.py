@@ -48,6 +48,13 @@ def last_loud(samples: np.ndarray) -> int:
     return int(np.flatnonzero(np.abs(samples) > 0.02)[-1])
 
 
+def audio_seconds(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    match = re.search(r"^gateway_audio_seconds_total (\S+)$", text, re.MULTILINE)
+    assert match, text
+    return float(match.group(1))
+
+
 def engine_requests(engine: EngineProcess) -> int:
     return int(engine_stats(engine.url)["requests"])
 
@@ -93,6 +100,7 @@ def test_a_seeded_rerender_comes_from_the_cache_even_after_a_restart(
     assert first.status_code == 200, first.text
     assert first.headers["x-cache"] == "miss" and first.json()["cached"] is False
     before = engine_requests(engine_v2)
+    audio_before = audio_seconds(gateway.url)
 
     again = clone(gateway.url, reference, **fields)
     assert again.status_code == 200, again.text
@@ -102,6 +110,7 @@ def test_a_seeded_rerender_comes_from_the_cache_even_after_a_restart(
     assert body["output_audio_base64"] == first.json()["output_audio_base64"]
     assert body["duration_target"] == first.json()["duration_target"]
     assert engine_requests(engine_v2) == before
+    assert audio_seconds(gateway.url) - audio_before == pytest.approx(body["output_duration"], abs=1e-3)  # once
 
     with running_gateway(fast_settings(shared, [engine_v2.url])) as restarted:  # a new process's view
         before = engine_requests(engine_v2)  # its start-up probed the engine

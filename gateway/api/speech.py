@@ -150,6 +150,7 @@ async def speech(request: Request) -> Response:
     result = await unless_disconnected(
         request, render(svc, synthesis, reference_id=reference.reference_id, goal=None, timeout=timeout)
     )
+    svc.metrics.audio_seconds.inc(result.duration)
     if fmt == "wav" and params.sample_rate in (None, result.sample_rate):
         data, rate = result.wav, result.sample_rate  # already a PCM16 WAV: no re-encode
     else:

@@ -207,7 +207,10 @@ class JobManager:
                     break
                 await asyncio.sleep(min(err.retry_after or 1.0, 10.0))
         segment.finished_at = time.time()
-        self._services.metrics.job_segments.labels(outcome=segment.status).inc()
+        metrics = self._services.metrics
+        metrics.job_segments.labels(outcome=segment.status).inc()
+        if segment.status == "done":
+            metrics.audio_seconds.inc(segment.duration or 0.0)
         await self.save(job)
 
     async def _store_audio(self, segment: Segment, wav: bytes) -> None:

@@ -158,7 +158,8 @@ async def render(
     priority: Priority = "interactive",
 ) -> Rendered:
     """One whole clip: from the cache when seeded and stored before, else from the pool, then fitted to the
-    goal. With a goal the request's own `speed` is replaced by the one the goal needs."""
+    goal. With a goal the request's own `speed` is replaced by the one the goal needs. Callers count the
+    audio they hand out (gateway_audio_seconds): a job counts its segments when they are done."""
     cache, metrics = services.result_cache, services.metrics
     key = None
     if request.seed is not None and request.seed != -1 and cache.enabled:
@@ -166,9 +167,7 @@ async def render(
         hit = await anyio.to_thread.run_sync(cache.get, key)
         metrics.result_cache.labels(outcome="hit" if hit else "miss").inc()
         if hit is not None:
-            rendered = _from_cache(hit, key)
-            metrics.audio_seconds.inc(rendered.duration)
-            return rendered
+            return _from_cache(hit, key)
     speed = request.speed if request.speed is not None else 1.0
     if goal is not None:
         predicted = services.speaking_rate.predict(reference_id, request.text_language, request.text)
@@ -188,7 +187,6 @@ async def render(
         rendered.attempts += first.attempts
         if rendered.timing is not None:
             rendered.timing["renders"] = 2
-    metrics.audio_seconds.inc(rendered.duration)
     if rendered.timing is not None:
         timing = rendered.timing
         metrics.duration_targets.labels(method=timing["method"], within=str(timing["within_tolerance"]).lower()).inc()
