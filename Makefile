@@ -38,6 +38,8 @@ bench: $(VENV)/.dev-deps
 	$(BIN)/python -m bench.recovery
 	$(BIN)/python -m bench.convert_cost
 	$(BIN)/python -m bench.cpu_engine_rtf
+	$(BIN)/python -m bench.render_cost
+	$(BIN)/python -m bench.dub
 
 # Mutation testing of the pool's health/selection logic, the voice store and reference intake against their
 # fast unit tests (config: [tool.mutmut] in pyproject.toml). Not part of `make test`; ~10 min on 2 cores.
