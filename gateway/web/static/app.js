@@ -1,9 +1,8 @@
 // The page's wiring: every action is one call to the gateway's public API; errors show the envelope's message.
 
+import { $, api, getJson, handler, say, secs, showError } from "./api.js";
 import { decodeAudio, drawWaveform, PcmStream, startRecording } from "./audio.js";
-import { renderTimeline } from "./timeline.js";
-
-const $ = (id) => document.getElementById(id);
+import { submitJob } from "./jobs.js";
 
 const LANGUAGES = [
   ["auto", "detect"], ["en", "English"], ["zh", "Chinese"], ["ja", "Japanese"], ["ko", "Korean"],
@@ -11,52 +10,7 @@ const LANGUAGES = [
   ["all_yue", "Cantonese only"], ["auto_yue", "detect, Cantonese"],
 ];
 
-const state = { reference: null, recorder: null, stream: null, voices: [], events: null };
-
-class ApiError extends Error {
-  constructor(message, code, status) {
-    super(message);
-    this.code = code;
-    this.status = status;
-  }
-}
-
-/** fetch() that turns a non-2xx answer into an ApiError carrying the envelope's message and code. */
-async function api(path, options = {}) {
-  const response = await fetch(path, options);
-  if (response.ok) return response;
-  let message = `${response.status} ${response.statusText}`;
-  let code = null;
-  try {
-    const body = await response.json();
-    message = body.error?.message ?? message;
-    code = body.error?.code ?? null;
-  } catch {
-    // not the envelope (a proxy's page): the status line is all there is
-  }
-  throw new ApiError(message, code, response.status);
-}
-
-const getJson = async (path, options) => (await api(path, options)).json();
-const say = (message) => { $("status").textContent = message; };
-const showError = (id, error) => { $(id).textContent = error ? error.message || String(error) : ""; };
-const secs = (value) => `${value.toFixed(2)} s`;
-
-/** Run `action` with `button` disabled; its error lands in the `errorId` alert region. */
-function handler(button, errorId, action) {
-  button.addEventListener("click", async () => {
-    showError(errorId, null);
-    button.disabled = true;
-    try {
-      await action();
-    } catch (error) {
-      showError(errorId, error);
-      say("");
-    } finally {
-      button.disabled = false;
-    }
-  });
-}
+const state = { reference: null, recorder: null, stream: null, voices: [] };
 
 // ---- reference ---------------------------------------------------------------------------------------------
 
@@ -262,7 +216,13 @@ async function generate() {
   const started = performance.now();
   say("Generating…");
   $("gen-info").textContent = "Waiting for the engine…";
-  const response = await api("/v1/audio/speech", { method: "POST", body: form });
+  let response;
+  try {
+    response = await api("/v1/audio/speech", { method: "POST", body: form });
+  } catch (error) {
+    stream.stop(); // nothing to play: release the audio device
+    throw error;
+  }
   stream.rate = Number(response.headers.get("X-Sample-Rate"));
   const reader = response.body.getReader();
   let firstAudio = null;
@@ -288,87 +248,6 @@ async function generate() {
     + `${Math.round(firstAudio ?? 0)} ms, complete after ${secs(total)}.`;
   $("gen-info").textContent = text;
   say(`Generated ${secs(stream.seconds)} of speech.`);
-}
-
-// ---- dubbing jobs ------------------------------------------------------------------------------------------
-
-async function submitJob() {
-  const file = $("subtitles").files[0];
-  if (!file) throw new Error("Choose a subtitle file first.");
-  const form = new FormData();
-  form.set("subtitles", file);
-  form.set("language", $("job-lang").value);
-  if ($("job-voice").value) form.set("voice", $("job-voice").value);
-  $("track").hidden = true;
-  const job = await getJson("/v1/jobs", { method: "POST", body: form });
-  say(`Dubbing job ${job.id} started.`);
-  follow(job.id);
-}
-
-/** Follow a job through its Server-Sent Events; each change re-reads the job (one fetch in flight at a time). */
-function follow(id) {
-  state.events?.close();
-  const events = new EventSource(`/v1/jobs/${id}/events`);
-  state.events = events;
-  let busy = false;
-  let again = false;
-  const refresh = async () => {
-    if (busy) {
-      again = true;
-      return;
-    }
-    busy = true;
-    try {
-      showJob(await getJson(`/v1/jobs/${id}`));
-    } catch (error) {
-      showError("job-error", error);
-    } finally {
-      busy = false;
-      if (again) {
-        again = false;
-        refresh();
-      }
-    }
-  };
-  events.addEventListener("progress", refresh);
-  events.addEventListener("end", () => {
-    events.close();
-    refresh();
-  });
-}
-
-function showJob(job) {
-  const p = job.progress;
-  const progress = $("job-progress");
-  progress.hidden = false;
-  progress.value = p.fraction;
-  const failed = p.failed ? `, ${p.failed} failed` : "";
-  $("job-info").textContent = `Job ${job.id}: ${job.status}, ${p.done} of ${p.total} lines done${failed}.`;
-  $("job-info").dataset.status = job.status;
-  $("timeline").hidden = false;
-  $("timeline-legend").hidden = false;
-  renderTimeline($("timeline"), job, playLine);
-  if (["done", "failed", "cancelled"].includes(job.status)) {
-    const url = `/v1/jobs/${job.id}/track`;
-    $("track-audio").src = url;
-    $("track-link").href = url;
-    $("track").hidden = false;
-    say(`Job ${job.id} ${job.status}: the track is ready.`);
-  }
-}
-
-function playLine(segment) {
-  showError("job-error", null);
-  if (segment.status === "failed") {
-    showError("job-error", new Error(`Line ${segment.id} failed: ${segment.error?.message ?? "unknown error"}`));
-    return;
-  }
-  const audio = $("line-audio");
-  $("line-player").hidden = false;
-  $("line-label").textContent = `Line ${segment.id}`;
-  audio.src = segment.url;
-  audio.play().catch(() => {}); // a blocked autoplay still leaves the controls to press
-  say(`Playing line ${segment.id}: ${segment.text}`);
 }
 
 // ---- start -------------------------------------------------------------------------------------------------
