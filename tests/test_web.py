@@ -154,6 +154,7 @@ def test_page_reference_generate_voice_and_dub(
     assert whole.status_code == 200, whole.text
     assert duration == pytest.approx(float(whole.headers["X-Audio-Duration"]), abs=0.1)
     assert page.get_attribute("#download", "href") == page.get_attribute("#result", "src")
+    assert int(page.get_attribute("#result", "data-played-live") or 0) > 0, "nothing was played while streaming"
 
     # save the reference as a voice: listed on the page and in the library
     page.fill("#voice-name", "Narrator")
@@ -162,6 +163,19 @@ def test_page_reference_generate_voice_and_dub(
     voices = httpx.get(f"{gateway.url}/v1/voices").json()["voices"]
     assert [v["name"] for v in voices] == ["Narrator"]
     assert page.input_value("#job-voice") == voices[0]["id"]
+
+    # speak with the saved voice: its normalised reference is drawn, and a new clip replaces the first
+    first_clip = page.get_attribute("#result", "src")
+    page.click("button[aria-label='Use voice Narrator']")
+    page.wait_for_selector("#ref-info:has-text('Saved voice Narrator')")
+    assert page.is_hidden("#upload-pick") and page.input_value("#voice-select") == voices[0]["id"]
+    page.click("#generate")
+    page.wait_for_function("(src) => document.getElementById('result').src !== src", arg=first_clip, timeout=60_000)
+    page.wait_for_function("document.getElementById('result').duration > 0")
+    samples, rate = decode_wav(blob_bytes(page, "#result"))
+    assert_speech(samples, rate, expected_rate=32000, min_seconds=0.8, max_seconds=8.0)
+    page.check("#source-upload")  # back to the upload: checked again, trimmed silence shaded again
+    page.wait_for_selector("#waveform[data-state=ok]")
 
     # a dubbing job: its timeline fills in as lines finish; a line plays from its bar, keyboard only
     srt = tmp_path / "lines.srt"

@@ -30,6 +30,7 @@ function showSource() {
 
 function resetWaveform() {
   drawWaveform($("waveform"), null, null);
+  $("waveform").dataset.state = "empty";
   $("waveform").setAttribute("aria-label", "No reference loaded yet");
   $("ref-info").textContent = "Choose or record a reference to see its waveform, its measured duration and the "
     + "silence the gateway trims (shaded).";
@@ -88,6 +89,7 @@ async function showVoiceWaveform() {
   const response = await api(`/v1/voices/${voice.id}/audio`);
   const buffer = await decodeAudio(await response.blob());
   drawWaveform($("waveform"), buffer, null);
+  $("waveform").dataset.state = "voice";
   const text = `saved voice ${voice.name}: ${secs(voice.reference_duration)} reference, already trimmed`;
   $("ref-info").textContent = text[0].toUpperCase() + text.slice(1) + ".";
   $("waveform").setAttribute("aria-label", `Waveform of the ${text}`);
@@ -241,6 +243,7 @@ async function generate() {
   const audio = $("result");
   if (audio.src.startsWith("blob:")) URL.revokeObjectURL(audio.src);
   audio.src = url;
+  audio.dataset.playedLive = String(stream.scheduled);
   $("download").href = url;
   $("download").hidden = false;
   const total = (performance.now() - started) / 1000;

@@ -119,6 +119,7 @@ export class PcmStream {
     this.carry = null; // a sample split across two network chunks
     this.context = play ? new AudioContext() : null;
     this.next = 0;
+    this.scheduled = 0; // chunks handed to the speakers while the clip was still streaming
   }
 
   push(chunk) {
@@ -151,6 +152,7 @@ export class PcmStream {
     const at = Math.max(this.next, this.context.currentTime + 0.05);
     source.start(at);
     this.next = at + buffer.duration;
+    this.scheduled += 1;
   }
 
   get seconds() {
@@ -169,6 +171,10 @@ export class PcmStream {
 
 /** MediaRecorder around the microphone; `stop()` resolves to the take as a WAV file. */
 export async function startRecording() {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    // browsers offer the microphone to secure pages only: https, or http on localhost
+    throw new Error("Recording needs the page over https (or on localhost); upload a recording instead.");
+  }
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
   const recorder = new MediaRecorder(stream);
   const chunks = [];
