@@ -6,6 +6,10 @@ PIP    := $(BIN)/python -m pip
 
 .PHONY: run test lint bench mutate clean
 
+# tests/test_web.py drives Debian's chromium (Playwright never downloads a browser): installed when missing
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u 2>/dev/null)),,sudo)
+
 $(VENV)/.run-deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -e '.[cpu-engine]'
@@ -28,8 +32,14 @@ lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check gateway tests bench tools
 	$(BIN)/mypy gateway
 
-test: lint
-	$(BIN)/python -m pytest
+$(CHROMIUM):
+	@command -v apt-get >/dev/null 2>&1 || { echo >&2 "make test: $(CHROMIUM) is missing and apt-get is not \
+	available; install Chromium there (tests/test_web.py drives it) or point CHROMIUM= at one"; exit 1; }
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q chromium
+
+test: lint $(CHROMIUM)
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 
 bench: $(VENV)/.dev-deps
 	$(BIN)/python -m bench.overhead

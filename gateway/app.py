@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 
 from gateway import __version__
-from gateway.api import health, jobs, speech, voice_clone, voices
+from gateway.api import health, jobs, references, speech, voice_clone, voices
 from gateway.api.context import ClientDisconnected, RequestContext
 from gateway.engine.pool import EnginePool
 from gateway.errors import install_error_handlers
@@ -26,6 +27,7 @@ from gateway.services.result_cache import ResultCache
 from gateway.services.speaking_rate import SpeakingRates
 from gateway.settings import Settings
 from gateway.voices.store import VoiceStore
+from gateway.web import mount_web
 
 log = logging.getLogger("gateway")
 
@@ -65,7 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.jobs.close()
             await pool.close()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served from the fastapi-offline package, not a CDN: GPU hosts
+    # in studios often have no internet, and the stock pages are blank there
+    app = FastAPIOffline(
         title="sovits-gateway",
         version=__version__,
         description="Production gateway in front of GPT-SoVITS voice-cloning engines.",
@@ -77,7 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _gone(request: Request, exc: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
 
-    for module in (voice_clone, speech, voices, jobs, health):
+    for module in (voice_clone, speech, voices, references, jobs, health):
         app.include_router(module.router)
+    mount_web(app)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

@@ -58,9 +58,31 @@ def parse_params(model: type[M], fields: dict[str, Any]) -> M:
         raise InvalidInput(problems, code="invalid_request") from exc
 
 
+def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """pydantic puts nested models under `$defs` with `#/$defs/...` refs; inside the OpenAPI document those
+    resolve against its root, where nothing is, and ReDoc refuses the whole document. Inline them instead."""
+    defs = schema.get("$defs", {})
+
+    def expand(node: Any, seen: frozenset[str]) -> Any:
+        if isinstance(node, list):
+            return [expand(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.removeprefix("#/$defs/")
+            siblings = {key: expand(value, seen) for key, value in node.items() if key != "$ref"}
+            inlined = {"type": "object"} if name in seen else expand(defs[name], seen | {name})  # recursive: stop
+            return {**inlined, **siblings}
+        return {key: expand(value, seen) for key, value in node.items() if key != "$defs"}
+
+    inlined: dict[str, Any] = expand(schema, frozenset())
+    return inlined
+
+
 def openapi_body(model: type[BaseModel], *, files: dict[str, str], json_body: bool = True) -> dict[str, Any]:
     """Describe a body that routes read themselves (streamed, capped) so /docs still shows every field."""
-    schema = model.model_json_schema()
+    schema = _inline_defs(model.model_json_schema())
     form = {
         **schema,
         "properties": {

@@ -57,6 +57,8 @@ class PreparedReference:
     duration: float  # seconds, after trimming
     trimmed_seconds: float  # leading+trailing silence removed
     warnings: tuple[str, ...]  # human-readable quality warnings
+    # (start, end) seconds of the upload that were kept: what a waveform view marks; None if not measured
+    speech_span: tuple[float, float] | None = None
 
 
 def _unsupported(detail: str = "") -> UnsupportedMedia:
@@ -261,6 +263,7 @@ def prepare_reference(
     warnings = _quality_warnings(speech, source_rate)
 
     rate = source_rate
+    speech_seconds = len(speech) / source_rate  # before a cut to the maximum or the engine-margin padding
     if rate > MAX_OUTPUT_RATE:
         speech = soxr.resample(speech, rate, MAX_OUTPUT_RATE).astype(np.float32, copy=False)
         rate = MAX_OUTPUT_RATE
@@ -268,6 +271,7 @@ def prepare_reference(
     warnings.extend(cut_warnings)
 
     wav = pcm16_wav(speech, rate)
+    kept_seconds = min(speech_seconds, len(speech) / rate)
     return PreparedReference(
         wav=wav,
         sha256=hashlib.sha256(wav).hexdigest(),
@@ -275,6 +279,7 @@ def prepare_reference(
         duration=len(speech) / rate,
         trimmed_seconds=trimmed_seconds,
         warnings=tuple(warnings),
+        speech_span=(start / source_rate, start / source_rate + kept_seconds),
     )
 
 
