@@ -60,15 +60,16 @@ class VoiceCloner:
                 cls._instances[url] = instance
         return instance
 
-    def _client(self) -> AsyncClient:
+    def _client(self, **options: Any) -> AsyncClient:
         # a client per call, as the seed did: the shared instance may be used from several event loops
         # (asyncio.run per request), and an httpx client belongs to the loop it was first used on
-        return AsyncClient(self.api_url)
+        return AsyncClient(self.api_url, **options)
 
     async def is_available(self) -> bool:
-        """True when the gateway answers and an engine can serve (`/readyz`); never raises."""
+        """True when the gateway answers and an engine can serve (`/readyz`); never raises. A probe: no retries,
+        and the seed's 2 s timeout."""
         try:
-            async with self._client() as client:
+            async with self._client(timeout=2.0, max_retries=0) as client:
                 return (await client.health()).ready
         except GatewayAPIError as exc:
             log.warning("gateway at %s not available: %s", self.api_url, exc)
