@@ -10,6 +10,7 @@ whose only engine does not exist for 503.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -255,10 +256,13 @@ def test_a_429_is_given_up_after_the_bounded_attempts(busy: tuple[GatewayServer,
     before = refusals(gw.url)
     pool = while_engine_busy(gw, engine, ref)
     try:
+        started = time.monotonic()
         with Client(gw.url, max_retries=2, max_retry_wait=0.1) as c, pytest.raises(RateLimitError) as limited:
             c.clone(TEXT, ref, **PROMPT)
         assert_envelope(limited, 429, "queue_full")
         assert limited.value.retry_after is not None and limited.value.retry_after >= 1
+        # max_retry_wait caps what Retry-After asks for: two waits of 0.1 s, not two of Retry-After
+        assert time.monotonic() - started < limited.value.retry_after
         assert limited.value.attempts == 3 and refusals(gw.url) == before + 3
     finally:
         pool.shutdown(wait=True)
