@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.audio_decode import decode_audio
-from tests.support import assert_speech
+from tests.gateway_support import GatewayServer, fast_settings, running_gateway
+from tests.support import EngineProcess, assert_speech, make_reference
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 PROMPT = {"text_language": "en", "prompt_text": "A reference recording.", "prompt_language": "en"}
@@ -25,3 +30,17 @@ def refusals(url: str, route: str = "/v1/voice-clone") -> int:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     found = re.search(rf'gateway_requests_total\{{route="{re.escape(route)}",status="429"\}} (\S+)', text)
     return int(float(found.group(1))) if found else 0
+
+
+@contextmanager
+def gateway_before(
+    engine: EngineProcess, factory: pytest.TempPathFactory, **settings: float
+) -> Iterator[GatewayServer]:
+    """An in-process gateway with its own shared dir in front of `engine`."""
+    with running_gateway(fast_settings(factory.mktemp("shared"), [engine.url], **settings)) as gw:
+        yield gw
+
+
+def reference_file(factory: pytest.TempPathFactory) -> Path:
+    """A 4 s speech-like reference recording."""
+    return make_reference(factory.mktemp("refs") / "ref.wav", seconds=4.0)

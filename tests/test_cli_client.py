@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.client import Client
-from tests.client_support import assert_clip
+from tests.client_support import assert_clip, gateway_before, reference_file
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
 from tests.support import REPO_ROOT, EngineProcess, decode_wav, free_port, make_reference
 
@@ -23,13 +23,13 @@ TEXT = "The quick brown fox jumps over the lazy dog."
 
 @pytest.fixture(scope="module")
 def gateway(engine_v2: EngineProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
-    with running_gateway(fast_settings(tmp_path_factory.mktemp("shared"), [engine_v2.url])) as gw:
+    with gateway_before(engine_v2, tmp_path_factory) as gw:
         yield gw
 
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_reference(tmp_path_factory.mktemp("refs") / "ref.wav", seconds=4.0)
+    return reference_file(tmp_path_factory)
 
 
 def cli(*args: str | Path, url: str | None = None) -> subprocess.CompletedProcess[str]:

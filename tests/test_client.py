@@ -33,7 +33,7 @@ from gateway.client import (
     UnsupportedMediaError,
 )
 from tests.audio_decode import decode_audio
-from tests.client_support import PROMPT, TEXT, assert_clip, refusals
+from tests.client_support import PROMPT, TEXT, assert_clip, gateway_before, reference_file, refusals
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
 from tests.support import (
     EngineProcess,
@@ -50,8 +50,7 @@ MAX_UPLOAD = 2_000_000
 
 @pytest.fixture(scope="module")
 def gateway(engine_v2: EngineProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
-    shared = tmp_path_factory.mktemp("shared")
-    with running_gateway(fast_settings(shared, [engine_v2.url], max_upload_bytes=MAX_UPLOAD)) as gw:
+    with gateway_before(engine_v2, tmp_path_factory, max_upload_bytes=MAX_UPLOAD) as gw:
         yield gw
 
 
@@ -63,7 +62,7 @@ def client(gateway: GatewayServer) -> Iterator[Client]:
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_reference(tmp_path_factory.mktemp("refs") / "ref.wav", seconds=4.0)
+    return reference_file(tmp_path_factory)
 
 
 def assert_envelope(error: pytest.ExceptionInfo[Exception], status: int, code: str) -> None:

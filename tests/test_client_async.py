@@ -12,12 +12,11 @@ import pytest
 
 from gateway.client import AsyncClient, Job, NotFoundError, RateLimitError, ServiceError
 from tests.audio_decode import decode_audio
-from tests.client_support import PROMPT, TEXT, assert_clip, refusals
+from tests.client_support import PROMPT, TEXT, assert_clip, gateway_before, reference_file, refusals
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
 from tests.support import (
     EngineProcess,
     engine_stats_async,
-    make_reference,
     running_engine,
     set_engine_faults,
     wait_until_async,
@@ -29,13 +28,13 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(scope="module")
 def gateway(engine_v2: EngineProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
-    with running_gateway(fast_settings(tmp_path_factory.mktemp("shared"), [engine_v2.url])) as gw:
+    with gateway_before(engine_v2, tmp_path_factory) as gw:
         yield gw
 
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_reference(tmp_path_factory.mktemp("refs") / "ref.wav", seconds=4.0)
+    return reference_file(tmp_path_factory)
 
 
 async def test_synthesis_voices_and_health(gateway: GatewayServer, ref: Path) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from gateway.client import Client, VoiceCloner, get_voice_cloner
-from tests.client_support import assert_clip
-from tests.gateway_support import GatewayServer, fast_settings, running_gateway
+from tests.client_support import assert_clip, gateway_before
+from tests.gateway_support import GatewayServer
 from tests.support import EngineProcess, free_port, make_reference
 
 #: the fields the seed's endpoint answered with (seed 002, "Response Format")
@@ -27,7 +27,7 @@ TEXT = "Hello from the seed pipeline."
 
 @pytest.fixture(scope="module")
 def gateway(engine_v2: EngineProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
-    with running_gateway(fast_settings(tmp_path_factory.mktemp("shared"), [engine_v2.url])) as gw:
+    with gateway_before(engine_v2, tmp_path_factory) as gw:
         yield gw
 
 

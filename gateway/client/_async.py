@@ -12,33 +12,17 @@ import httpx
 from tenacity import AsyncRetrying
 
 from gateway.client import _calls as calls
-from gateway.client._calls import AudioInput, Call, EventParser
+from gateway.client._calls import AudioInput, Call, ClientBase, EventParser
 from gateway.client._errors import GatewayConnectionError, error_from_response, error_from_transport
 from gateway.client._models import CloneResult, Health, Job, SpeechResult, Track, Voice
-from gateway.client._retry import RetryPolicy
 
 T = TypeVar("T")
 
 
-class AsyncClient:
-    """One keep-alive connection pool to a gateway. `url` defaults to `GATEWAY_URL`, then 127.0.0.1:8000.
+class AsyncClient(ClientBase[httpx.AsyncClient]):
+    """The gateway's API for asyncio code: coroutine methods, `stream` an async iterator (see `ClientBase`)."""
 
-    Unknown keyword arguments of the synthesis methods go to the gateway as request fields (engine knobs such as
-    `top_k`, `seed`, `speed`, and options added later), so new gateway features need no new client.
-    """
-
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        timeout: float = 300.0,
-        max_retries: int = 3,
-        max_retry_wait: float = 30.0,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.url = calls.base_url(url)
-        self.retry = RetryPolicy(max_retries, max_retry_wait)
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=calls.timeouts(timeout), headers=headers)
+    _http_class = httpx.AsyncClient
 
     # ------------------------------------------------------------------------------------------ transport
 

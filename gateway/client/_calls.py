@@ -14,8 +14,10 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from gateway.client._models import CloneResult, Health, Job, SpeechResult, Track, Voice
+from gateway.client._retry import RetryPolicy
 
 T = TypeVar("T")
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -52,6 +54,30 @@ def base_url(url: str | None) -> str:
 def timeouts(seconds: float) -> httpx.Timeout:
     # a long read timeout: a whole-clip synthesis of a long text legitimately takes minutes
     return httpx.Timeout(seconds, connect=min(seconds, 10.0))
+
+
+class ClientBase(Generic[H]):
+    """What `Client` and `AsyncClient` share: the URL, the retry policy and one keep-alive httpx client.
+
+    `url` defaults to `GATEWAY_URL`, then http://127.0.0.1:8000. Unknown keyword arguments of the methods go to
+    the gateway as request fields (engine knobs such as `top_k`, `seed`, `speed`, and options added later), so
+    new gateway features need no new client.
+    """
+
+    _http_class: type[H]
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        timeout: float = 300.0,
+        max_retries: int = 3,
+        max_retry_wait: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.url = base_url(url)
+        self.retry = RetryPolicy(max_retries, max_retry_wait)
+        self._http: H = self._http_class(base_url=self.url, timeout=timeouts(timeout), headers=headers)
 
 
 def _file(name: str, audio: AudioInput) -> FileField:
