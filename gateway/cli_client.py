@@ -27,15 +27,20 @@ def _emit(args: argparse.Namespace, data: Any, line: str) -> None:
     print(json.dumps(data, indent=2, default=str) if args.json else line)
 
 
-def _fields(pairs: list[str]) -> dict[str, str]:
-    """`--set key=value` pairs: request fields passed through (engine knobs, newer gateway options)."""
-    fields = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"sovits-gateway: error: --set takes key=value, got {pair!r}")
-        fields[key] = value
-    return fields
+class UsageError(Exception):
+    """A command-line value argparse could not check (exit code 2, as argparse's own)."""
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    """`--set key=value` (request fields passed through: engine knobs, newer gateway options) and
+    `--speaker NAME=REF.wav` pairs."""
+    pairs = {}
+    for value in values or []:
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise UsageError(f"{flag} takes NAME=VALUE, got {value!r}")
+        pairs[key] = rest
+    return pairs
 
 
 def _resolve_voice(client: Client, name_or_id: str) -> Voice:
@@ -58,8 +63,9 @@ def _voice_line(voice: Voice) -> str:
 
 
 def _clone(client: Client, args: argparse.Namespace) -> int:
+    fields = _pairs(args.set, "--set")
     result = client.clone(args.text, args.speaker, voice=args.voice, text_language=args.language,
-                          prompt_text=args.prompt_text, prompt_language=args.prompt_language, **_fields(args.set))
+                          prompt_text=args.prompt_text, prompt_language=args.prompt_language, **fields)
     result.save(args.output)
     _emit(args, {**result.metadata, "output": str(args.output)},
           f"{args.output}: {result.duration:.2f} s at {result.sample_rate} Hz (request {result.request_id})")
@@ -122,12 +128,12 @@ class ProgressBar:
 
 
 def _dub(client: Client, args: argparse.Namespace) -> int:
-    speakers = dict(pair.split("=", 1) for pair in args.speaker) if args.speaker else None
+    speakers = _pairs(args.speaker, "--speaker")
     job = client.submit_job(
         subtitles=args.subtitles, source_subtitles=args.source_subtitles, source_audio=args.source_audio,
-        speakers=speakers, idempotency_key=args.idempotency_key, voice=args.voice, language=args.language,
+        speakers=speakers or None, idempotency_key=args.idempotency_key, voice=args.voice, language=args.language,
         source_language=args.source_language, format=args.format or args.output.suffix.lstrip(".") or None,
-        **_fields(args.set),
+        **_pairs(args.set, "--set"),
     )
     bar = None if args.json else ProgressBar()
     try:
@@ -159,6 +165,9 @@ def _run(command: Callable[[Client, argparse.Namespace], int]) -> Callable[[argp
                                             "attempts": exc.attempts, **exc.details}}, default=str))
             print(f"sovits-gateway: error: {exc}", file=sys.stderr)
             return EXIT_REQUEST if isinstance(exc, RequestError) else EXIT_SERVICE
+        except UsageError as exc:
+            print(f"sovits-gateway: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         except OSError as exc:  # a reference or subtitle file that cannot be read, an output that cannot be written
             print(f"sovits-gateway: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
             return EXIT_REQUEST

@@ -93,6 +93,8 @@ def test_exit_codes_tell_a_refused_request_from_an_unavailable_service(
                           1, "missing.wav")
     usage = cli("clone", TEXT, "--speaker", short, url=gateway.url)  # no -o
     assert usage.returncode == 2 and "required: -o/--output" in usage.stderr
+    assert_one_line_error(cli("dub", tmp_path / "x.srt", "--speaker", "BOB", "-o", out, url=gateway.url), 2,
+                          "--speaker takes NAME=VALUE, got 'BOB'")
     with running_gateway(fast_settings(tmp_path / "shared", [f"http://127.0.0.1:{free_port()}"])) as down:
         unavailable = cli("clone", TEXT, "--speaker", ref, "-o", out, "--retries", "0", url=down.url)
     assert_one_line_error(unavailable, 3, "HTTP 503 engine_unavailable: ")
