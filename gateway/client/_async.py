@@ -29,12 +29,17 @@ class AsyncClient(ClientBase[httpx.AsyncClient]):
     async def _open_once(self, call: Call[Any], stream: bool) -> httpx.Response:
         try:
             response = await self._http.send(call.build(self._http), stream=True)
-            answered = response.is_success or response.status_code in call.accept
-            if not (stream and answered):
-                await response.aread()
-                await response.aclose()
         except httpx.TransportError as exc:
             raise error_from_transport(exc, self.url) from exc
+        answered = response.is_success or response.status_code in call.accept
+        if stream and answered:
+            return response
+        try:
+            await response.aread()
+        except httpx.TransportError as exc:
+            raise error_from_transport(exc, self.url) from exc
+        finally:
+            await response.aclose()
         if answered:
             return response
         raise error_from_response(response)
@@ -122,8 +127,9 @@ class AsyncClient(ClientBase[httpx.AsyncClient]):
         return await self._call(calls.delete_job(job_id))
 
     async def wait_for_job(self, job_id: str, on_progress: Callable[[Job], Any] | None = None) -> Job:
-        """Follow the job's events until it finishes, calling `on_progress` at every change; the finished job.
-        A stream cut off (a gateway restart) is opened again, as long as it keeps delivering events."""
+        """Follow the job's events until it finishes, calling `on_progress` at every change (awaited when it is a
+        coroutine function); the finished job.
+        A stream cut off (a gateway restart) is opened again, up to `max_retries` times."""
         for _ in range(self.retry.max_retries + 1):
             parser, response = EventParser(), await self._open(calls.job_events(job_id), stream=True)
             try:

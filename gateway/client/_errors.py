@@ -145,5 +145,8 @@ def error_from_response(response: httpx.Response) -> GatewayAPIError:
 
 def error_from_transport(exc: httpx.TransportError, url: str) -> GatewayConnectionError:
     never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-    what = "cannot connect to" if never_sent else "lost the connection to"
+    if never_sent:
+        what = "cannot connect to"
+    else:
+        what = "no answer in time from" if isinstance(exc, httpx.TimeoutException) else "lost the connection to"
     return GatewayConnectionError(f"{what} the gateway at {url}: {exc or type(exc).__name__}", retryable=never_sent)

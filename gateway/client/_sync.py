@@ -28,12 +28,17 @@ class Client(ClientBase[httpx.Client]):
     def _open_once(self, call: Call[Any], stream: bool) -> httpx.Response:
         try:
             response = self._http.send(call.build(self._http), stream=True)
-            answered = response.is_success or response.status_code in call.accept
-            if not (stream and answered):
-                response.read()
-                response.close()
         except httpx.TransportError as exc:
             raise error_from_transport(exc, self.url) from exc
+        answered = response.is_success or response.status_code in call.accept
+        if stream and answered:
+            return response
+        try:
+            response.read()
+        except httpx.TransportError as exc:
+            raise error_from_transport(exc, self.url) from exc
+        finally:
+            response.close()
         if answered:
             return response
         raise error_from_response(response)
@@ -121,7 +126,7 @@ class Client(ClientBase[httpx.Client]):
 
     def wait_for_job(self, job_id: str, on_progress: Callable[[Job], Any] | None = None) -> Job:
         """Follow the job's events until it finishes, calling `on_progress` at every change; the finished job.
-        A stream cut off (a gateway restart) is opened again, as long as it keeps delivering events."""
+        A stream cut off (a gateway restart) is opened again, up to `max_retries` times."""
         for _ in range(self.retry.max_retries + 1):
             parser, response = EventParser(), self._open(calls.job_events(job_id), stream=True)
             try:
