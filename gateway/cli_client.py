@@ -165,6 +165,9 @@ def _run(command: Callable[[Client, argparse.Namespace], int]) -> Callable[[argp
                                             "attempts": exc.attempts, **exc.details}}, default=str))
             print(f"sovits-gateway: error: {exc}", file=sys.stderr)
             return EXIT_REQUEST if isinstance(exc, RequestError) else EXIT_SERVICE
+        except KeyboardInterrupt:  # a job keeps running on the gateway: `GET /v1/jobs` lists it
+            print("sovits-gateway: interrupted", file=sys.stderr)
+            return 130
         except UsageError as exc:
             print(f"sovits-gateway: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
