@@ -1,4 +1,5 @@
-"""The `sovits-gateway` command: `serve` (the gateway), `cpu-engine` (the embedded engine), `stack` (both)."""
+"""The `sovits-gateway` command: `serve` (the gateway), `cpu-engine` (the embedded engine), `stack` (both), and the
+client commands `clone`, `voices`, `dub` (gateway/cli_client.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from gateway.cli_client import add_client_commands
 from gateway.settings import Settings
 
 
@@ -121,7 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     stack_parser.add_argument("--engine-port", type=int, default=9880)
     stack_parser.add_argument("--flavor", choices=("v2", "v1"), default="v2")
     commands.add_parser("cpu-engine", help="run the embedded CPU engine (see: cpu-engine --help)")
+    add_client_commands(commands)
     args = parser.parse_args(argv)
+    if hasattr(args, "run"):
+        sys.exit(args.run(args))
     if args.command == "serve":
         serve(_settings_from(args))
     elif args.command == "stack":
