@@ -79,7 +79,7 @@ def test_clone_uploads_a_reference_and_decodes_the_audio(client: Client, ref: Pa
     from_path = client.clone(TEXT, ref, **PROMPT)
     seconds = assert_clip(from_path.audio)
     assert from_path.sample_rate == 32000 and abs(from_path.duration - seconds) < 0.01
-    assert from_path.metadata["task"] == "voice-clone" and from_path.metadata["service_available"] is True
+    assert from_path.metadata["task"] == "voice_clone" and from_path.metadata["service_available"] is True
     assert from_path.request_id == from_path.metadata["request_id"]
     assert set(from_path.as_json()) >= {"output_audio_base64", "output_sample_rate", "output_duration",
                                         "processing_time", "text_length"}

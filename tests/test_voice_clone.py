@@ -33,7 +33,7 @@ def test_clone_returns_speech_with_metadata(gateway: GatewayServer, reference: b
     assert_speech(samples, rate, expected_rate=32000, min_seconds=1.0, max_seconds=8.0)
     assert body["output_sample_rate"] == 32000
     assert body["output_duration"] == pytest.approx(len(samples) / rate, abs=0.01)
-    assert body["task"] == "voice-clone" and body["service_available"] is True
+    assert body["task"] == "voice_clone" and body["service_available"] is True
     assert body["text_length"] == len(CLONE_TEXT)
     assert body["request_id"] == response.headers["x-request-id"]
     assert set(body["timings"]) == {"queue_wait", "reference_prep", "engine", "encode"}

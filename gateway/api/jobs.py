@@ -65,7 +65,7 @@ async def _read_request(request: Request, svc: Services) -> tuple[JobRequest, Jo
                 fields = {**json.loads(raw_job), **fields}
             except (ValueError, TypeError) as exc:
                 raise InvalidInput(f"the 'job' field is not a JSON object: {exc}", code="invalid_request") from exc
-        for name in ("segments", "speakers", "knobs", "max_stretch"):
+        for name in ("segments", "speakers", "knobs"):  # (max_stretch parses "low,high" itself)
             if isinstance(fields.get(name), str):  # a plain form field carrying JSON
                 try:
                     fields[name] = json.loads(fields[name])

@@ -43,7 +43,7 @@ def _shape(outcome: CloneOutcome, request_id: str, text_length: int, encode_seco
     engine_seconds = result.engine_seconds
     engine = result.engine  # None when the clip came from the result cache
     return {
-        "task": "voice-clone",
+        "task": "voice_clone",  # the seed's value (seed 002): its clients may check it
         "output_sample_rate": result.sample_rate,
         "text_length": text_length,
         "output_duration": round(result.duration, 4),

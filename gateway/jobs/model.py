@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.services.params import EngineKnobs
+from gateway.services.params import EngineKnobs, StretchFields
 
 SegmentStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -56,7 +56,7 @@ class SpeakerRequest(BaseModel):
     prompt_language: str | None = None
 
 
-class JobRequest(BaseModel):
+class JobRequest(StretchFields):
     """`POST /v1/jobs`: segments (or a subtitle file) plus job-wide defaults."""
 
     model_config = ConfigDict(extra="forbid")
@@ -74,19 +74,9 @@ class JobRequest(BaseModel):
     seed: int | None = Field(None, ge=-1, le=2**32 - 1)
     format: TrackFormat = "wav"
     sample_rate: int | None = Field(None, ge=8000, le=192_000)
-    duration_tolerance: float = Field(0.05, gt=0, le=1)
-    max_stretch: tuple[float, float] = (0.8, 1.25)
     fit_to_slots: bool = Field(True, description="end - start is the target duration when none is given")
     speakers: dict[str, SpeakerRequest] = Field(default_factory=dict, max_length=64)
     source_audio_base64: str | None = None
-
-    @field_validator("max_stretch")
-    @classmethod
-    def _stretch_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0.5 <= low <= 1.0 <= high <= 2.0:
-            raise ValueError("max_stretch is [low, high] with 0.5 <= low <= 1 <= high <= 2")
-        return value
 
     @model_validator(mode="after")
     def _has_lines(self) -> JobRequest:

@@ -28,10 +28,10 @@ class EngineKnobs(BaseModel):
     model: str | None = Field(None, max_length=128, description="an admin-configured weights name (GATEWAY_MODELS)")
 
 
-class DurationFields(BaseModel):
-    """Duration targeting (services/render.py): how long the clip should last, and how far it may be stretched."""
+class StretchFields(BaseModel):
+    """How closely a clip must meet its target duration and how far it may be stretched to (services/render.py);
+    per request, or job-wide for every line."""
 
-    target_duration: float | None = Field(None, gt=0, le=600, description="seconds the clip should last")
     duration_tolerance: float = Field(0.05, gt=0, le=1, description="accepted deviation, a fraction of the target")
     max_stretch: tuple[float, float] = Field(
         (0.8, 1.25), description="lowest and highest new/old duration factor of the time stretch ('low,high' in forms)"
@@ -52,6 +52,12 @@ class DurationFields(BaseModel):
         if not 0.5 <= low <= 1 <= high <= 2:
             raise ValueError("must be [low, high] with 0.5 ≤ low ≤ 1 ≤ high ≤ 2")
         return value
+
+
+class DurationFields(StretchFields):
+    """Duration targeting on a single request: how long the clip should last."""
+
+    target_duration: float | None = Field(None, gt=0, le=600, description="seconds the clip should last")
 
 
 class CloneParams(DurationFields, EngineKnobs):
