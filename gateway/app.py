@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 from gateway import __version__
 from gateway.api import health, jobs, references, speech, voice_clone, voices
 from gateway.api.context import ClientDisconnected, RequestContext
+from gateway.auth import Auth, AuthMiddleware
 from gateway.engine.pool import EnginePool
 from gateway.errors import install_error_handlers
 from gateway.jobs.runner import JobManager
@@ -35,6 +36,7 @@ log = logging.getLogger("gateway")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
+    auth = Auth(settings)  # AuthConfigError: keys file broken, or open on a public address
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,12 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             speaking_rate=SpeakingRates(),
         )
         services = app.state.services
+        auth.start()
         services.jobs = JobManager(services, JobStore(settings.jobs_dir), render_segment)
         await services.jobs.start()
         log.info("gateway ready: engines=%s shared_dir=%s", ",".join(settings.engines), settings.shared_dir)
         try:
             yield
         finally:
+            auth.stop()
             await services.jobs.close()
             await pool.close()
 
@@ -84,5 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (voice_clone, speech, voices, references, jobs, health):
         app.include_router(module.router)
     mount_web(app)
+    app.state.auth = auth
+    app.add_middleware(AuthMiddleware, auth=auth)  # inside RequestContext: refusals get request ids
     app.add_middleware(RequestContext, metrics=metrics)
     return app

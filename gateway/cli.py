@@ -16,6 +16,7 @@ import httpx
 import uvicorn
 
 from gateway.cli_client import add_client_commands
+from gateway.cli_keys import add_keys_command
 from gateway.settings import Settings
 
 
@@ -41,8 +42,14 @@ def serve(settings: Settings) -> None:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine probe is noise
+    from gateway.auth import AuthConfigError
+
+    try:
+        app = create_app(settings)
+    except AuthConfigError as exc:
+        sys.exit(f"sovits-gateway: {exc}")  # one line on stderr, exit code 1
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -124,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     stack_parser.add_argument("--flavor", choices=("v2", "v1"), default="v2")
     commands.add_parser("cpu-engine", help="run the embedded CPU engine (see: cpu-engine --help)")
     add_client_commands(commands)
+    add_keys_command(commands)
     args = parser.parse_args(argv)
     if hasattr(args, "run"):
         sys.exit(args.run(args))

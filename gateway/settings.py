@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -78,6 +78,20 @@ class Settings(BaseSettings):
     job_max_upload_bytes: int = Field(
         200_000_000, gt=0, description="cap per file on a job (source track, subtitles, speaker references)"
     )
+
+    # --- API keys and per-key limits (gateway/auth; limits: 0 = unlimited, a key's own values win)
+    api_keys_file: Path | None = Field(None, description="the keys file (sovits-gateway keys add|list|revoke)")
+    api_keys: SecretStr = Field(SecretStr(""), description="comma-separated raw keys: KEY (admin) or KEY:synthesize")
+    allow_open: bool = Field(False, description="run without keys on a non-loopback address")
+    key_rpm: int = Field(0, ge=0, description="default requests per minute per key")
+    key_concurrency: int = Field(0, ge=0, description="default requests in flight per key")
+    key_audio_seconds_per_day: float = Field(0.0, ge=0, description="default audio seconds per key per UTC day")
+    metrics_require_key: bool = Field(False, description="make /metrics need an API key (open by default)")
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _no_keys_file(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("engines", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from gateway.api.context import services
 from gateway.api.params import openapi_body, parse_params
 from gateway.api.uploads import is_json, read_json, read_multipart
 from gateway.audio.convert import OUTPUT_FORMATS
+from gateway.auth import require_admin, spends_audio
 from gateway.errors import BadRequest, Conflict, InvalidInput, NotFound
 from gateway.jobs.model import FINISHED, JobRequest
 from gateway.jobs.output import job_summary, job_track_file, job_view, segment_audio
@@ -90,6 +91,7 @@ async def _read_request(request: Request, svc: Services) -> tuple[JobRequest, Jo
 @router.post(
     "",
     status_code=202,
+    dependencies=[spends_audio],
     summary="Submit a dubbing job (segments or a subtitle file; optional source track and speaker references)",
     openapi_extra=openapi_body(
         JobRequest,
@@ -134,7 +136,8 @@ async def get_job(request: Request, job_id: str) -> dict[str, Any]:
     return job_view(_jobs(services(request)).get(job_id), _base_url(request))
 
 
-@router.post("/{job_id}/retry", status_code=202, summary="Run the failed segments again (done ones are kept)")
+@router.post("/{job_id}/retry", status_code=202, summary="Run the failed segments again (done ones are kept)",
+             dependencies=[spends_audio])
 async def retry_job(request: Request, job_id: str) -> dict[str, Any]:
     job = await _jobs(services(request)).retry(job_id)
     return job_view(job, _base_url(request))
@@ -144,6 +147,7 @@ async def retry_job(request: Request, job_id: str) -> dict[str, Any]:
     "/{job_id}",
     summary="Cancel an unfinished job (200 with the job); delete a finished one and its audio (204)",
     responses={204: {"description": "the finished job was deleted"}},
+    dependencies=[require_admin],
 )
 async def delete_job(request: Request, job_id: str) -> Response:
     manager = _jobs(services(request))

@@ -19,6 +19,7 @@ from gateway.api.params import EngineKnobs, openapi_body, parse_params
 from gateway.api.uploads import is_json, read_json, read_multipart
 from gateway.audio.convert import OUTPUT_FORMATS, encode
 from gateway.audio.wav import wav_samples
+from gateway.auth import charge_audio, spends_audio
 from gateway.engine.types import SynthesisRequest
 from gateway.errors import BadRequest, NotFound
 from gateway.services.context import Services
@@ -129,6 +130,7 @@ async def _prepare(request: Request, svc: Services) -> tuple[SpeechParams, Synth
 @router.post(
     "/v1/audio/speech",
     summary="OpenAI-compatible text to speech with a saved or uploaded voice",
+    dependencies=[spends_audio],
     response_class=Response,
     responses={200: {"content": {t: {} for t in OUTPUT_FORMATS.values()}, "description": "audio bytes"}},
     openapi_extra=openapi_body(SpeechParams, files={"reference_audio": "a reference recording instead of `voice`"}),
@@ -151,6 +153,7 @@ async def speech(request: Request) -> Response:
         request, render(svc, synthesis, reference_id=reference.reference_id, goal=None, timeout=timeout)
     )
     svc.metrics.audio_seconds.inc(result.duration)
+    charge_audio(result.duration)
     if fmt == "wav" and params.sample_rate in (None, result.sample_rate):
         data, rate = result.wav, result.sample_rate  # already a PCM16 WAV: no re-encode
     else:

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from gateway.api.context import request_arrived, request_timeout, services, unless_disconnected
 from gateway.api.params import CloneParams, openapi_body, parse_params
 from gateway.api.uploads import is_json, read_json, read_multipart
+from gateway.auth import spends_audio
 from gateway.engine.types import SynthesisRequest
 from gateway.services.context import Services
 from gateway.services.render import DurationGoal
@@ -71,6 +72,7 @@ def _shape(outcome: CloneOutcome, request_id: str, text_length: int, encode_seco
 @router.post(
     "/v1/voice-clone",
     summary="Clone a voice: reference audio + text → base64 WAV with timing metadata",
+    dependencies=[spends_audio],
     responses={200: {"description": "JSON with output_audio_base64 and metadata"}},
     openapi_extra=openapi_body(CloneParams, files={"audio": "the reference recording (wav, flac, ogg, mp3)"}),
 )

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from gateway.api.context import services
 from gateway.api.params import openapi_body, parse_params
 from gateway.api.uploads import read_json, read_multipart
+from gateway.auth import require_admin
 from gateway.errors import InvalidInput
 from gateway.services.references import intake_reference
 from gateway.services.synthesis import check_language, resolve_weights
@@ -38,6 +39,7 @@ class DefaultVoice(BaseModel):
     "",
     status_code=201,
     summary="Create a voice from a reference recording",
+    dependencies=[require_admin],
     openapi_extra=openapi_body(VoiceFields, files={"audio": "the reference recording"}, json_body=False),
 )
 async def create_voice(request: Request) -> Voice:
@@ -78,6 +80,7 @@ async def get_default(request: Request) -> DefaultVoice:
 @router.put(
     "/default",
     summary="Set (or with null, clear) the default voice",
+    dependencies=[require_admin],
     openapi_extra={"requestBody": {"required": True,
                                    "content": {"application/json": {"schema": DefaultVoice.model_json_schema()}}}},
 )
@@ -88,7 +91,7 @@ async def set_default(request: Request) -> DefaultVoice:
     return body
 
 
-@router.delete("/default", status_code=204, summary="Clear the default voice")
+@router.delete("/default", status_code=204, summary="Clear the default voice", dependencies=[require_admin])
 async def clear_default(request: Request) -> Response:
     svc = services(request)
     await write_library(svc, "save the default voice", lambda: svc.voices.set_default(None))
@@ -107,7 +110,8 @@ async def get_voice_audio(request: Request, voice_id: str) -> FileResponse:
     return FileResponse(store.reference_path(voice), media_type="audio/wav", filename=f"{voice.name}.wav")
 
 
-@router.delete("/{voice_id}", status_code=204, summary="Delete a voice (its reference file stays shared)")
+@router.delete("/{voice_id}", status_code=204, summary="Delete a voice (its reference file stays shared)",
+               dependencies=[require_admin])
 async def delete_voice(request: Request, voice_id: str) -> Response:
     svc = services(request)
     await write_library(svc, "delete the voice", lambda: svc.voices.delete(voice_id))

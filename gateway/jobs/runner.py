@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from gateway.auth.access import charge_audio
 from gateway.errors import Conflict, EngineError, GatewayError, NotFound
 from gateway.jobs.model import FINISHED, Job, Segment
 from gateway.jobs.store import JobStore
@@ -211,6 +212,7 @@ class JobManager:
         metrics.job_segments.labels(outcome=segment.status).inc()
         if segment.status == "done":
             metrics.audio_seconds.inc(segment.duration or 0.0)
+            charge_audio(segment.duration or 0.0)  # the submitting request's key: its task started this one
         await self.save(job)
 
     async def _store_audio(self, segment: Segment, wav: bytes) -> None:

@@ -21,6 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.audio.convert import check_output
 from gateway.audio.encoders import StreamEncoder, stream_encoder
+from gateway.auth.access import charge_audio
 from gateway.engine.stream import EngineStream
 from gateway.engine.types import SynthesisRequest
 from gateway.errors import EngineError
@@ -116,6 +117,7 @@ class OpenedStream:
         if tail:
             await buffer.put(tail)
         metrics.audio_seconds.inc(samples / self._stream.sample_rate)
+        charge_audio(samples / self._stream.sample_rate)
         buffer.close()
 
     async def aclose(self) -> None:

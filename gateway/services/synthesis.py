@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from gateway.auth.access import charge_audio
 from gateway.engine.types import SynthesisRequest
 from gateway.errors import InvalidInput
 from gateway.languages import V2_LANGUAGES, normalize_language
@@ -246,4 +247,5 @@ async def synthesize_clone(
     """`POST /v1/voice-clone` after intake: one render (result cache, pooled engine call, duration goal)."""
     result = await render(services, request, reference_id=reference.reference_id, goal=goal, timeout=timeout)
     services.metrics.audio_seconds.inc(result.duration)
+    charge_audio(result.duration)
     return CloneOutcome(result, reference, request.text_language, time.perf_counter() - started)
