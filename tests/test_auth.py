@@ -167,3 +167,13 @@ def test_open_mode_on_loopback_lets_everyone_do_everything(tmp_path: Path) -> No
         assert httpx.delete(f"{gw.url}/v1/voices/default", timeout=10).status_code == 204
         response = httpx.get(f"{gw.url}/v1/models", timeout=10)
         assert response.status_code == 200 and "x-ratelimit-limit" not in response.headers
+
+
+def test_metrics_can_be_made_to_need_a_key(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path / "shared", ["http://127.0.0.1:9"], api_keys="scraper-key:synthesize",
+                             metrics_require_key=True)
+    with running_gateway(settings) as gw:
+        assert_error(httpx.get(f"{gw.url}/metrics", timeout=10), 401, "unauthorized")
+        scraped = httpx.get(f"{gw.url}/metrics", headers=bearer("scraper-key"), timeout=10)
+        assert scraped.status_code == 200 and "gateway_requests_total" in scraped.text
+        assert httpx.get(f"{gw.url}/healthz", timeout=10).status_code == 200

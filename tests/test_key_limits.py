@@ -44,6 +44,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, engine: EngineProcess
         "other": ("synthesize", {}),
         "one": ("synthesize", {"concurrency": 1}),
         "quota": ("synthesize", {"audio_seconds_per_day": 1}),
+        "clone-quota": ("synthesize", {"audio_seconds_per_day": 1}),
         "stream-quota": ("synthesize", {"audio_seconds_per_day": 1}),
         "job-quota": ("synthesize", {"audio_seconds_per_day": 1}),
     })
@@ -156,6 +157,10 @@ def test_audio_seconds_per_day_count_whole_answers(setup: tuple[GatewayServer, d
     # what spends no audio still works
     assert httpx.get(f"{gw.url}/v1/voices", headers=bearer(raws["quota"]), timeout=10).status_code == 200
     assert _speech(gw.url, raws["other"]).status_code == 200
+    cloned = httpx.post(f"{gw.url}/v1/voice-clone", headers=bearer(raws["clone-quota"]), timeout=60,
+                        data={"text": TEXT, "text_language": "en", "voice_id": "anna"})
+    assert cloned.status_code == 200 and cloned.json()["output_duration"] > 1.0, cloned.text
+    _assert_out_of_audio(_speech(gw.url, raws["clone-quota"]))
 
 
 def test_audio_seconds_per_day_count_streams(setup: tuple[GatewayServer, dict[str, str]]) -> None:
