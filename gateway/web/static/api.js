@@ -10,9 +10,18 @@ export class ApiError extends Error {
   }
 }
 
-/** fetch() that turns a non-2xx answer into an ApiError carrying the envelope's message and code. */
+const KEY_ITEM = "sovits-gateway.api-key";
+
+/** The API key typed in the page's header (kept in localStorage), or "" when the gateway runs without keys. */
+export const apiKey = () => localStorage.getItem(KEY_ITEM) ?? "";
+export const setApiKey = (key) => (key ? localStorage.setItem(KEY_ITEM, key) : localStorage.removeItem(KEY_ITEM));
+
+/** fetch() with the API key (if any) that turns a non-2xx answer into an ApiError carrying the envelope's message
+ * and code. */
 export async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const headers = new Headers(options.headers ?? {});
+  if (apiKey()) headers.set("Authorization", `Bearer ${apiKey()}`);
+  const response = await fetch(path, { ...options, headers });
   if (response.ok) return response;
   let message = `${response.status} ${response.statusText}`;
   let code = null;

@@ -1,6 +1,6 @@
 // The page's wiring: every action is one call to the gateway's public API; errors show the envelope's message.
 
-import { $, api, getJson, handler, say, secs, showError } from "./api.js";
+import { $, api, apiKey, getJson, handler, say, secs, setApiKey, showError } from "./api.js";
 import { decodeAudio, drawWaveform, PcmStream, startRecording } from "./audio.js";
 import { submitJob } from "./jobs.js";
 
@@ -273,6 +273,12 @@ function init() {
   handler($("generate"), "gen-error", generate);
   handler($("submit-job"), "job-error", submitJob);
   resetWaveform();
+  $("api-key").value = apiKey();
+  $("api-key").addEventListener("change", () => {
+    setApiKey($("api-key").value.trim());
+    showError("voices-error", null);
+    loadVoices().catch((error) => showError("voices-error", error));
+  });
   loadVoices().catch((error) => showError("voices-error", error));
 }
 

@@ -1,6 +1,6 @@
 // Dubbing jobs: submit subtitles, follow the job's Server-Sent Events, draw its timeline, play lines and the track.
 
-import { $, getJson, say, showError } from "./api.js";
+import { $, api, apiKey, getJson, say, showError } from "./api.js";
 import { renderTimeline } from "./timeline.js";
 
 let events = null;
@@ -21,7 +21,8 @@ export async function submitJob() {
 /** Follow a job through its Server-Sent Events; each change re-reads the job (one fetch in flight at a time). */
 function follow(id) {
   events?.close();
-  const source = new EventSource(`/v1/jobs/${id}/events`);
+  // EventSource cannot send an API key: with one, poll the job instead
+  const source = apiKey() ? new JobPoller(`/v1/jobs/${id}`) : new EventSource(`/v1/jobs/${id}/events`);
   events = source;
   let busy = false;
   let again = false;
@@ -50,6 +51,30 @@ function follow(id) {
   });
 }
 
+/** The part of EventSource that follow() uses, by polling the job once a second. */
+class JobPoller {
+  constructor(url) {
+    this.listeners = {};
+    this.timer = setInterval(async () => {
+      try {
+        const job = await getJson(url);
+        this.emit(["done", "failed", "cancelled"].includes(job.status) ? "end" : "progress");
+      } catch (error) {
+        showError("job-error", error);
+      }
+    }, 1000);
+  }
+  addEventListener(name, listener) { this.listeners[name] = listener; }
+  emit(name) { this.listeners[name]?.(); }
+  close() { clearInterval(this.timer); }
+}
+
+/** A media URL the page can play: the URL itself, or with an API key a blob fetched with it. */
+async function playable(url) {
+  if (!apiKey()) return url;
+  return URL.createObjectURL(await (await api(url)).blob());
+}
+
 function showJob(job) {
   const p = job.progress;
   const progress = $("job-progress");
@@ -62,11 +87,12 @@ function showJob(job) {
   $("timeline-legend").hidden = false;
   renderTimeline($("timeline"), job, playLine);
   if (["done", "failed", "cancelled"].includes(job.status)) {
-    const url = `/v1/jobs/${job.id}/track`;
-    $("track-audio").src = url;
-    $("track-link").href = url;
-    $("track").hidden = false;
-    say(`Job ${job.id} ${job.status}: the track is ready.`);
+    playable(`/v1/jobs/${job.id}/track`).then((url) => {
+      $("track-audio").src = url;
+      $("track-link").href = url;
+      $("track").hidden = false;
+      say(`Job ${job.id} ${job.status}: the track is ready.`);
+    }).catch((error) => showError("job-error", error));
   }
 }
 
@@ -79,7 +105,9 @@ function playLine(segment) {
   const audio = $("line-audio");
   $("line-player").hidden = false;
   $("line-label").textContent = `Line ${segment.id}`;
-  audio.src = segment.url;
-  audio.play().catch(() => {}); // a blocked autoplay still leaves the controls to press
-  say(`Playing line ${segment.id}: ${segment.text}`);
+  playable(segment.url).then((url) => {
+    audio.src = url;
+    audio.play().catch(() => {}); // a blocked autoplay still leaves the controls to press
+    say(`Playing line ${segment.id}: ${segment.text}`);
+  }).catch((error) => showError("job-error", error));
 }
