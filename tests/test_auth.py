@@ -17,7 +17,7 @@ from gateway.app import create_app
 from gateway.auth import AuthConfigError, is_admin
 from tests.auth_support import bearer, write_keys
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
-from tests.support import assert_error, assert_speech, decode_wav, make_reference, running_engine
+from tests.support import EngineProcess, assert_error, assert_speech, decode_wav, make_reference
 
 ENV_ADMIN, ENV_SYNTH = "env-admin-key-0123456789", "env-synth-key-0123456789"
 
@@ -29,18 +29,18 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, dict[str, str]]) -> Iterator[GatewayServer]:
+def gateway(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, dict[str, str]], engine_v2: EngineProcess
+            ) -> Iterator[GatewayServer]:
     shared = tmp_path_factory.mktemp("shared")
-    settings = fast_settings(shared, [], api_keys_file=keys[0], api_keys=f"{ENV_ADMIN},{ENV_SYNTH}:synthesize")
-    with running_engine(flavor="v2") as engine:
-        settings.engines = [engine.url]
-        with running_gateway(settings) as gw:
+    settings = fast_settings(shared, [engine_v2.url], api_keys_file=keys[0],
+                             api_keys=f"{ENV_ADMIN},{ENV_SYNTH}:synthesize")
+    with running_gateway(settings) as gw:
 
-            @gw.app.get("/_test/whoami")
-            async def whoami(request: Request) -> dict[str, object]:
-                return {"key_id": request.state.key_id, "admin": is_admin(request)}
+        @gw.app.get("/_test/whoami")
+        async def whoami(request: Request) -> dict[str, object]:
+            return {"key_id": request.state.key_id, "admin": is_admin(request)}
 
-            yield gw
+        yield gw
 
 
 def test_probes_docs_metrics_and_the_page_need_no_key(gateway: GatewayServer) -> None:

@@ -20,7 +20,6 @@ from tests.support import (
     assert_speech,
     decode_wav,
     make_reference,
-    running_engine,
     set_engine_faults,
     wait_until,
 )
@@ -29,9 +28,8 @@ TEXT = "Each key has its own budget. It lasts more than a second."
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[EngineProcess]:
-    with running_engine("--debug-routes", flavor="v2") as proc:
-        yield proc
+def engine(engine_v2: EngineProcess) -> EngineProcess:
+    return engine_v2  # the session's engine (with --debug-routes): its faults are put back after use
 
 
 @pytest.fixture(scope="module")
