@@ -233,7 +233,7 @@ async def test_probe_loop_logs_state_changes_only(ref: Path, caplog: pytest.LogC
     assert len(failed_probes) >= 5, "the down engine was hardly probed: the test proves nothing"
     assert len(shown) == 2, shown
     assert shown[0][0] == "WARNING" and "stopped answering" in shown[0][1] and engine.url in shown[0][1]
-    assert shown[1] == ("INFO", f"engine {engine.url} is up (v2, version v2)")
+    assert shown[1] == ("INFO", f"engine e0 ({engine.url}) is up (v2, version v2)")  # logs: the id and the URL
 
 
 async def test_engine_absent_at_start_is_logged_once(ref: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -242,7 +242,7 @@ async def test_engine_absent_at_start_is_logged_once(ref: Path, caplog: pytest.L
     async with started_pool([url], probe_interval=0.1, down_probe_interval=0.05):
         await asyncio.sleep(0.5)
     shown = [r.getMessage() for r in caplog.records if r.name == "gateway.engine.pool" and r.levelno >= logging.INFO]
-    assert shown == [f"engine {url} does not answer yet; it joins as soon as it does"]
+    assert shown == [f"engine e0 ({url}) does not answer yet; it joins as soon as it does"]
 
 
 async def test_unreachable_engine_found_by_a_request_is_logged_once(
@@ -256,4 +256,4 @@ async def test_unreachable_engine_found_by_a_request_is_logged_once(
                 await pool.synthesize(synthesis_request(ref))
             await asyncio.sleep(0.4)
     shown = [r.getMessage() for r in caplog.records if r.name == "gateway.engine.pool" and r.levelno >= logging.INFO]
-    assert len(shown) == 1 and shown[0].startswith(f"engine {engine.url} is unreachable"), shown
+    assert len(shown) == 1 and shown[0].startswith(f"engine e0 ({engine.url}) is unreachable"), shown
