@@ -102,7 +102,7 @@ async def test_killed_engine_is_down_not_cooling_and_the_first_request_after_res
             engine.kill()
             with pytest.raises(EngineUnavailable) as gone:
                 await pool.synthesize(synthesis_request(ref))
-            assert gone.value.engine == engine.url  # the request found it gone
+            assert gone.value.engine == "e0"  # the request found it gone (named by its id)
             described = entry(pool)
             assert described["state"] == "down" and described["cooldown_remaining"] == 0, described
             await asyncio.to_thread(engine.restart)  # returns once the engine answers /openapi.json
@@ -201,7 +201,7 @@ async def test_engine_refusing_malformed_text_keeps_its_health(ref: Path) -> Non
                 with pytest.raises(EngineRejected) as refused:
                     await pool.synthesize(synthesis_request(ref, text="Hello\x00world, twice."))
                 error = refused.value
-                assert (error.status, error.code, error.engine) == (422, "engine_rejected", engine.url)
+                assert (error.status, error.code, error.engine) == (422, "engine_rejected", "e0")
                 assert "embedded null character" in error.message and error.retry_after is None
                 assert error.extra["attempts"] == 1
             described = entry(pool)
