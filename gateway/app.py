@@ -11,6 +11,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
+from starlette.middleware.cors import CORSMiddleware
 
 from gateway import __version__
 from gateway.api import health, jobs, references, speech, voice_clone, voices
@@ -31,6 +32,13 @@ from gateway.voices.store import VoiceStore
 from gateway.web import mount_web
 
 log = logging.getLogger("gateway")
+
+#: Response headers a browser page may read across origins (CORS hides all but a few by default).
+EXPOSED_HEADERS = [
+    "X-Request-ID", "X-Audio-Duration", "X-Sample-Rate", "X-Engine", "X-Engine-Attempts", "X-Cache",
+    "X-Reference-Id", "X-Voice-Id", "Retry-After", "Location", "Content-Disposition",
+    "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -63,7 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth.start()
         services.jobs = JobManager(services, JobStore(settings.jobs_dir), render_segment)
         await services.jobs.start()
-        log.info("gateway ready: engines=%s shared_dir=%s", ",".join(settings.engines), settings.shared_dir)
+        engines = ",".join(f"e{index}={url}" for index, url in enumerate(settings.engines))  # ids clients see → URLs
+        log.info("gateway ready: engines=%s shared_dir=%s", engines, settings.shared_dir)
         try:
             yield
         finally:
@@ -90,5 +99,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mount_web(app)
     app.state.auth = auth
     app.add_middleware(AuthMiddleware, auth=auth)  # inside RequestContext: refusals get request ids
+    if settings.cors_origins:  # off by default: browsers on other origins may not call the API
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],  # Authorization, X-API-Key, X-Request-Timeout, Idempotency-Key, ...
+            expose_headers=EXPOSED_HEADERS,
+            max_age=600,
+        )
     app.add_middleware(RequestContext, metrics=metrics)
     return app

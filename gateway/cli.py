@@ -4,7 +4,6 @@ client commands `clone`, `voices`, `dub` (gateway/cli_client.py)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import subprocess
 import sys
@@ -39,11 +38,11 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 def serve(settings: Settings) -> None:
     from gateway.app import create_app
-
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine probe is noise
     from gateway.auth import AuthConfigError
+    from gateway.logs import configure_logging
 
+    configure_logging(settings.log_level, settings.log_format)
+    json_logs = settings.log_format == "json"
     try:
         app = create_app(settings)
     except AuthConfigError as exc:
@@ -54,6 +53,9 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
+        # json: uvicorn's loggers propagate to our JSON handler, and the gateway writes the one access line
+        log_config=None if json_logs else uvicorn.config.LOGGING_CONFIG,
+        access_log=not json_logs,
     )
 
 

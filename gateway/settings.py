@@ -25,6 +25,14 @@ class Settings(BaseSettings):
     port: int = 8000
     log_level: str = "info"
 
+    # --- what operators and clients see (ops)
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text for a terminal; json: one JSON object per line, one access line per request"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="browser origins allowed to call the API (comma-separated, or *); none: off"
+    )
+
     # --- engines
     engines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["http://127.0.0.1:9880"])
     engine_flavor: Literal["auto", "v2", "v1"] = "auto"
@@ -100,6 +108,13 @@ class Settings(BaseSettings):
             value = [part for part in (p.strip() for p in value.split(",")) if part]
         if isinstance(value, list):
             return [str(v).rstrip("/") for v in value]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in (p.strip() for p in value.split(",")) if part]
         return value
 
     @field_validator("engine_shared_dir", mode="before")

@@ -43,8 +43,8 @@ def make_engine(
 
     Clients are shared per URL (building one costs ~0.1 s of TLS set-up), so engines alive at the same
     time need distinct URLs when their flavour or version differs."""
-    client = _CLIENTS.get(url) or _CLIENTS.setdefault(url, VoiceCloner(url, SETTINGS))
-    client.info = EngineInfo(url=client.url, flavor=flavor, version=version)
+    client = _CLIENTS.get(url) or _CLIENTS.setdefault(url, VoiceCloner(url, SETTINGS, url.rsplit("/", 1)[-1]))
+    client.info = EngineInfo(url=client.url, id=client.id, flavor=flavor, version=version)
     return EngineState(client, concurrency, down=down)
 
 

@@ -91,12 +91,17 @@ class GatewayProcess:
 
 
 @contextmanager
-def gateway_process(env: dict[str, str]) -> Iterator[GatewayProcess]:
-    """`python -m gateway serve` as a subprocess (for memory measurements and CLI coverage)."""
+def gateway_process(
+    env: dict[str, str], *, log_level: str = "warning", output: Path | None = None
+) -> Iterator[GatewayProcess]:
+    """`python -m gateway serve` as a subprocess (for memory measurements and CLI coverage); `output`: a file
+    that receives its stdout and stderr (its logs)."""
     port = free_port()
     full_env = {**os.environ, **env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port)}
+    sink = output.open("wb") if output is not None else None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--log-level", "warning"], env=full_env, cwd=REPO_ROOT
+        [sys.executable, "-m", "gateway", "serve", "--log-level", log_level], env=full_env, cwd=REPO_ROOT,
+        stdout=sink, stderr=subprocess.STDOUT if sink else None,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -118,3 +123,5 @@ def gateway_process(env: dict[str, str]) -> Iterator[GatewayProcess]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if sink is not None:
+            sink.close()

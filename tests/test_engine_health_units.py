@@ -310,8 +310,9 @@ def test_describe() -> None:
     engine = make_engine(concurrency=2, version="v2Pro")
     engine.in_flight, engine.consecutive_failures, engine.cooldown_until = 1, 2, 11.23456
     engine.last_error = "boom"
+    assert engine.describe(10.0, verbose=True)["url"] == "http://a"  # the URL only for operators
     assert engine.describe(10.0) == {
-        "url": "http://a",
+        "id": "a",
         "flavor": "v2",
         "version": "v2Pro",
         "state": "cooling_down",

@@ -78,11 +78,11 @@ def test_no_capable_engine_message() -> None:
     group = [make_engine("http://v1-model", version="v1"), make_engine("http://legacy", flavor="v1", version=None)]
     assert no_capable_engine_message(request(text_language="ko"), group) == (
         "no engine can serve this request: it needs text language 'ko' and prompt language 'en'; "
-        "engines: http://v1-model (v2, v1), http://legacy (v1, ?)"
+        "engines: v1-model (v2, v1), legacy (v1, ?)"
     )
     assert no_capable_engine_message(request(prompt_text=""), group[1:]) == (
         "no engine can serve this request: it needs reference-free synthesis (api_v2 only), text language "
-        "'en' and prompt language 'en'; engines: http://legacy (v1, ?)"
+        "'en' and prompt language 'en'; engines: legacy (v1, ?)"
     )
 
 
@@ -192,10 +192,10 @@ def test_no_engine_error_retry_after_is_the_soonest_cooldown_end() -> None:
     error = SlotQueue(SETTINGS, [a, b, c], None).no_engine_error(now)
     assert isinstance(error, EngineUnavailable) and error.status == 503
     assert error.retry_after == 3.25
-    assert error.extra == {"engines": ["http://a", "http://b", "http://c"]}
+    assert error.extra == {"engines": ["a", "b", "c"]}  # the engines' ids (make_engine: the URL's host)
     assert error.message == (
-        "no engine is available (2 cooling down, 2 down of 3): http://a is cooling_down; "
-        "http://b is down (refused); http://c is cooling_down; retry in 4s"
+        "no engine is available (2 cooling down, 2 down of 3): a is cooling_down; "
+        "b is down (refused); c is cooling_down; retry in 4s"
     )
 
 
@@ -204,7 +204,7 @@ def test_no_engine_error_retry_after_without_cooldowns() -> None:
     # a down engine is probed every down_probe_interval (and by every request): the normal interval is no hint
     assert SlotQueue(make_settings(probe_interval=7.0), [down], None).no_engine_error(50.0).retry_after == 1.0
     error = SlotQueue(make_settings(down_probe_interval=7.0), [down], None).no_engine_error(50.0)
-    assert error.retry_after == 7.0 and error.message.endswith("(0 cooling down, 1 down of 1): http://a is down; "
+    assert error.retry_after == 7.0 and error.message.endswith("(0 cooling down, 1 down of 1): a is down; "
                                                                "retry in 7s")
     assert SlotQueue(make_settings(down_probe_interval=0.2), [down], None).no_engine_error(50.0).retry_after == 1.0
     down.cooldown_until = 50.4  # a cooldown ending sooner than the down-probe hint wins, but never below 1 s

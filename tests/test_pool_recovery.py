@@ -102,7 +102,7 @@ async def test_killed_engine_is_down_not_cooling_and_the_first_request_after_res
             engine.kill()
             with pytest.raises(EngineUnavailable) as gone:
                 await pool.synthesize(synthesis_request(ref))
-            assert gone.value.engine == engine.url  # the request found it gone
+            assert gone.value.engine == "e0"  # the request found it gone (named by its id)
             described = entry(pool)
             assert described["state"] == "down" and described["cooldown_remaining"] == 0, described
             await asyncio.to_thread(engine.restart)  # returns once the engine answers /openapi.json
@@ -201,7 +201,7 @@ async def test_engine_refusing_malformed_text_keeps_its_health(ref: Path) -> Non
                 with pytest.raises(EngineRejected) as refused:
                     await pool.synthesize(synthesis_request(ref, text="Hello\x00world, twice."))
                 error = refused.value
-                assert (error.status, error.code, error.engine) == (422, "engine_rejected", engine.url)
+                assert (error.status, error.code, error.engine) == (422, "engine_rejected", "e0")
                 assert "embedded null character" in error.message and error.retry_after is None
                 assert error.extra["attempts"] == 1
             described = entry(pool)
@@ -233,7 +233,7 @@ async def test_probe_loop_logs_state_changes_only(ref: Path, caplog: pytest.LogC
     assert len(failed_probes) >= 5, "the down engine was hardly probed: the test proves nothing"
     assert len(shown) == 2, shown
     assert shown[0][0] == "WARNING" and "stopped answering" in shown[0][1] and engine.url in shown[0][1]
-    assert shown[1] == ("INFO", f"engine {engine.url} is up (v2, version v2)")
+    assert shown[1] == ("INFO", f"engine e0 ({engine.url}) is up (v2, version v2)")  # logs: the id and the URL
 
 
 async def test_engine_absent_at_start_is_logged_once(ref: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -242,7 +242,7 @@ async def test_engine_absent_at_start_is_logged_once(ref: Path, caplog: pytest.L
     async with started_pool([url], probe_interval=0.1, down_probe_interval=0.05):
         await asyncio.sleep(0.5)
     shown = [r.getMessage() for r in caplog.records if r.name == "gateway.engine.pool" and r.levelno >= logging.INFO]
-    assert shown == [f"engine {url} does not answer yet; it joins as soon as it does"]
+    assert shown == [f"engine e0 ({url}) does not answer yet; it joins as soon as it does"]
 
 
 async def test_unreachable_engine_found_by_a_request_is_logged_once(
@@ -256,4 +256,4 @@ async def test_unreachable_engine_found_by_a_request_is_logged_once(
                 await pool.synthesize(synthesis_request(ref))
             await asyncio.sleep(0.4)
     shown = [r.getMessage() for r in caplog.records if r.name == "gateway.engine.pool" and r.levelno >= logging.INFO]
-    assert len(shown) == 1 and shown[0].startswith(f"engine {engine.url} is unreachable"), shown
+    assert len(shown) == 1 and shown[0].startswith(f"engine e0 ({engine.url}) is unreachable"), shown

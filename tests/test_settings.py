@@ -159,7 +159,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 def test_serve_flags_override_the_environment(served: Served) -> None:
     assert _answers(served.url), "not listening on --port"
     assert not _answers(f"http://{ENV_HOST}:{served.env_port}"), "listening on GATEWAY_PORT despite --port"
-    body = httpx.get(f"{served.url}/readyz", timeout=10).json()
+    body = httpx.get(f"{served.url}/readyz", params={"verbose": 1}, timeout=10).json()
     # --engines (with its spaces and trailing slash) replaced GATEWAY_ENGINES
     assert [engine["url"] for engine in body["engines"]] == [served.engine.url]
     assert body["shared_dir"]["path"] == str(served.shared_dir)

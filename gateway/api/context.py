@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import InvalidInput
+from gateway.logs import RequestFacts, access_fields, access_log, request_id_var
 from gateway.metrics import Metrics
 from gateway.services.context import Services
 
@@ -26,7 +28,8 @@ def services(request: Request) -> Services:
 
 
 class RequestContext:
-    """Pure ASGI middleware: a request id on every request and response, its arrival time, and request metrics.
+    """Pure ASGI middleware: a request id on every request and response (and on its engine calls), its arrival
+    time, request metrics, and the access log line (one per request, with the facts routes noted on the way).
 
     Pure ASGI (not BaseHTTPMiddleware) so streaming responses and disconnects pass through untouched.
     """
@@ -44,6 +47,8 @@ class RequestContext:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["arrived"] = time.monotonic()  # deadlines count from here (`request_arrived`)
+        state["facts"] = facts = RequestFacts()
+        token = request_id_var.set(request_id)  # the engine client sends it on as X-Request-ID
         started = time.perf_counter()
         status = 500
 
@@ -60,10 +65,18 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            request_id_var.reset(token)
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
+            seconds = time.perf_counter() - started
             self.metrics.requests.labels(route=path, status=str(status)).inc()
-            self.metrics.request_seconds.labels(route=path).observe(time.perf_counter() - started)
+            self.metrics.request_seconds.labels(route=path).observe(seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                fields = access_fields(
+                    request_id=request_id, key_id=state.get("key_id"), method=scope["method"], route=path,
+                    status=status, seconds=seconds, facts=facts,
+                )
+                access_log.info("%s %s %d %.3fs", scope["method"], path, status, seconds, extra={"access": fields})
 
 
 def request_arrived(request: Request) -> float:

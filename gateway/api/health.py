@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import __version__
 from gateway.api.context import services
+from gateway.auth import is_admin
 
 router = APIRouter()
 
@@ -36,16 +37,18 @@ def _writable(directory: Path) -> str | None:
 
 
 @router.get("/readyz", summary="Readiness: an engine can serve and the shared dir is writable")
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request, verbose: bool = False) -> JSONResponse:
+    """Engines by id and state for everyone; engine URLs, the shared dir's path and its error (which names
+    the path) only with `?verbose=1` and an admin key: they tell an attacker where the engines are."""
     svc = services(request)
+    verbose = verbose and is_admin(request)  # engine URLs and paths: operators only
     problem = await anyio.to_thread.run_sync(_writable, svc.settings.refs_dir)
-    pool: dict[str, Any] = svc.pool.status()
+    pool: dict[str, Any] = svc.pool.status(verbose=verbose)
     ready = bool(pool.get("ready")) and problem is None
-    body = {
-        "status": "ready" if ready else "not_ready",
-        "shared_dir": {"path": str(svc.settings.shared_dir), "writable": problem is None, "error": problem},
-        **pool,
-    }
+    shared: dict[str, Any] = {"writable": problem is None}
+    if verbose:
+        shared.update(path=str(svc.settings.shared_dir), error=problem)
+    body = {"status": "ready" if ready else "not_ready", "shared_dir": shared, **pool}
     return JSONResponse(body, status_code=200 if ready else 503, headers={} if ready else {"Retry-After": "5"})
 
 

@@ -23,6 +23,7 @@ from gateway.jobs.model import FINISHED, JobRequest
 from gateway.jobs.output import job_summary, job_track_file, job_view, segment_audio
 from gateway.jobs.runner import JobManager
 from gateway.jobs.submit import JobFiles, build_job
+from gateway.logs import request_facts
 from gateway.services.context import Services
 from gateway.services.references import decode_base64_reference
 
@@ -115,6 +116,7 @@ async def submit_job(request: Request) -> JSONResponse:
         headers = {"Location": f"/v1/jobs/{earlier.id}", "Idempotent-Replayed": "true"}
         return JSONResponse(job_summary(earlier, _base_url(request)), status_code=202, headers=headers)
     job = await build_job(svc, job_request, files, request_sha256=request_sha256, idempotency_key=key)
+    request_facts(request).voice_id = job.voice_id
     if key and (earlier := manager.by_idempotency_key(key, request_sha256)) is not None:
         job = earlier  # the same request arrived twice at once: the first one to finish intake wins
     else:

@@ -7,6 +7,7 @@ Like OpenAI's API the answer streams by default, in every format; `"stream": fal
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 import anyio
@@ -22,6 +23,7 @@ from gateway.audio.wav import wav_samples
 from gateway.auth import charge_audio, spends_audio
 from gateway.engine.types import SynthesisRequest
 from gateway.errors import BadRequest, NotFound
+from gateway.logs import request_facts
 from gateway.services.context import Services
 from gateway.services.render import render
 from gateway.services.streaming import EngineAudioResponse, open_stream, stream_deadline
@@ -139,12 +141,15 @@ async def speech(request: Request) -> Response:
     svc = services(request)
     timeout = request_timeout(request)
     params, synthesis, reference = await _prepare(request, svc)
+    facts = request_facts(request)
+    facts.voice_id = reference.voice_id
     fmt = params.response_format
     if params.stream:  # the length is not known up front: no X-Audio-Duration
         deadline = stream_deadline(svc, timeout, request_arrived(request))
         opened = await unless_disconnected(
             request, open_stream(svc, synthesis, fmt, target_rate=params.sample_rate, deadline=deadline)
         )
+        opened.report_to(facts)
         headers = _audio_headers(opened.rate, reference)
         headers["X-Engine"] = opened.engine
         headers["X-Engine-Attempts"] = str(opened.attempts)
@@ -154,6 +159,7 @@ async def speech(request: Request) -> Response:
     )
     svc.metrics.audio_seconds.inc(result.duration)
     charge_audio(result.duration)
+    encode_started = time.perf_counter()
     if fmt == "wav" and params.sample_rate in (None, result.sample_rate):
         data, rate = result.wav, result.sample_rate  # already a PCM16 WAV: no re-encode
     else:
@@ -163,11 +169,12 @@ async def speech(request: Request) -> Response:
             return encode(samples, source_rate, fmt, target_rate=params.sample_rate)
 
         data, rate = await anyio.to_thread.run_sync(convert)
+    facts.note_rendered(result, time.perf_counter() - encode_started)
     headers = _audio_headers(rate, reference)
     headers["X-Audio-Duration"] = f"{result.duration:.3f}"
     headers["X-Cache"] = result.cache_status
     if result.engine is not None:  # None: from the result cache
-        headers["X-Engine"] = result.engine.url
+        headers["X-Engine"] = result.engine.id
         headers["X-Engine-Attempts"] = str(result.attempts)
     return Response(data, media_type=OUTPUT_FORMATS[fmt], headers=headers)
 

@@ -15,6 +15,7 @@ from gateway.api.params import CloneParams, openapi_body, parse_params
 from gateway.api.uploads import is_json, read_json, read_multipart
 from gateway.auth import spends_audio
 from gateway.engine.types import SynthesisRequest
+from gateway.logs import request_facts
 from gateway.services.context import Services
 from gateway.services.render import DurationGoal
 from gateway.services.streaming import EngineAudioResponse, open_stream, stream_deadline
@@ -58,7 +59,7 @@ def _shape(outcome: CloneOutcome, request_id: str, text_length: int, encode_seco
             "encode": round(encode_seconds, 4),
         },
         "rtf": round(engine_seconds / result.duration, 4) if result.duration and engine else None,
-        "engine": {"url": engine.url, "flavor": engine.flavor, "version": engine.version} if engine else None,
+        "engine": {"id": engine.id, "flavor": engine.flavor, "version": engine.version} if engine else None,
         "attempts": result.attempts,
         "reference_id": ref.reference_id,
         "voice_id": ref.voice_id,
@@ -81,11 +82,14 @@ async def voice_clone(request: Request) -> Response:
     timeout = request_timeout(request)
     started = time.perf_counter()
     params, synthesis, reference, goal = await _prepare(request, svc)
+    facts = request_facts(request)
+    facts.voice_id = reference.voice_id
     if params.stream:
         deadline = stream_deadline(svc, timeout, request_arrived(request))
         opened = await unless_disconnected(
             request, open_stream(svc, synthesis, "wav", target_rate=None, deadline=deadline)
         )
+        opened.report_to(facts)
         headers = {"X-Sample-Rate": str(opened.rate), "X-Reference-Id": reference.reference_id}
         return EngineAudioResponse(opened, media_type="audio/wav", headers=headers, deadline=deadline)
     outcome = await unless_disconnected(
@@ -95,6 +99,7 @@ async def voice_clone(request: Request) -> Response:
     # SIMD base64 runs at ~30 GB/s: even a long clip takes well under a worker-thread round trip (DESIGN §8)
     audio_b64 = pybase64.b64encode(outcome.result.wav)
     encode_seconds = time.perf_counter() - encode_started
+    facts.note_rendered(outcome.result, encode_seconds)
     meta = _shape(outcome, request.state.request_id, len(params.text), encode_seconds)
     headers = {"X-Cache": outcome.result.cache_status}
     return Response(_json_with_audio(meta, audio_b64), media_type="application/json", headers=headers)

@@ -6,6 +6,7 @@ They are left out of `/openapi.json`, so flavour detection by paths sees exactly
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from fastapi import FastAPI
@@ -24,11 +25,35 @@ class FaultChange(BaseModel):
     fault_after: int | None = Field(default=None, ge=0)
 
 
+#: How many `X-Request-ID`s `/_stats` remembers (the newest last).
+_REQUEST_IDS_KEPT = 100
+
+
+class RecordRequestIds:
+    """Remember the `X-Request-ID` of each request that carries one (the gateway sends it on synthesis), so
+    tests can see a client's request id reach the engine."""
+
+    def __init__(self, app: ASGIApp, seen: deque[list[str]]) -> None:
+        self._app = app
+        self._seen = seen
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers") or []:
+                if name == b"x-request-id":
+                    self._seen.append([scope["path"], value.decode("latin-1")])
+        await self._app(scope, receive, send)
+
+
 def add_debug_routes(app: FastAPI, state: EngineState) -> None:
+    seen: deque[list[str]] = deque(maxlen=_REQUEST_IDS_KEPT)
+    app.add_middleware(RecordRequestIds, seen=seen)
+
     @app.get("/_stats", include_in_schema=False)
     async def stats() -> dict[str, Any]:
-        """Counters for tests; `in_flight` counts from handler entry, before waiting for the engine lock."""
-        return state.stats_snapshot()
+        """Counters for tests; `in_flight` counts from handler entry, before waiting for the engine lock.
+        `request_ids`: [path, X-Request-ID] of the latest requests that carried one."""
+        return {**state.stats_snapshot(), "request_ids": list(seen)}
 
     @app.post("/_faults", include_in_schema=False)
     async def faults(change: FaultChange) -> dict[str, Any]:

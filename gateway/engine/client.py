@@ -35,6 +35,7 @@ from gateway.engine import protocol_v1, protocol_v2
 from gateway.engine.stream import EngineStream, next_piece, stream_from_wav
 from gateway.engine.types import EngineInfo, SynthesisRequest, SynthesisResult
 from gateway.errors import EngineBadResponse, EngineError, EngineRejected, EngineTimeout, EngineUnavailable
+from gateway.logs import request_id_var
 from gateway.settings import ModelWeights, Settings
 
 __all__ = ["EngineStream", "VoiceCloner"]
@@ -51,13 +52,19 @@ Classifier = Callable[[int, bytes, str], EngineError]
 
 
 class VoiceCloner:
-    """The client for one engine URL: one keep-alive httpx.AsyncClient, no retries of its own."""
+    """The client for one engine URL: one keep-alive httpx.AsyncClient, no retries of its own.
 
-    def __init__(self, url: str, settings: Settings) -> None:
+    Every error names the engine by its id (`e0`, `e1`, ... in GATEWAY_ENGINES order), never its URL: error
+    messages reach clients, and an engine's URL (whose `/control` kills it) is for operators only (logs,
+    metrics, `/readyz?verbose=1`).
+    """
+
+    def __init__(self, url: str, settings: Settings, engine_id: str = "e0") -> None:
         self.url = url.rstrip("/")
+        self.id = engine_id
         self._settings = settings
         self._forced_flavor = None if settings.engine_flavor == "auto" else settings.engine_flavor
-        self.info = EngineInfo(url=self.url, flavor=self._forced_flavor or "unknown")
+        self.info = EngineInfo(url=self.url, id=self.id, flavor=self._forced_flavor or "unknown")
         # retries=0: httpx must not silently resend a synthesis; the pool decides where a retry goes.
         transport = httpx.AsyncHTTPTransport(
             retries=0,
@@ -79,19 +86,19 @@ class VoiceCloner:
             return self._forced_flavor
         status, body = await self._quick_get("/openapi.json")
         if status != 200:
-            raise EngineBadResponse(f"engine {self.url} answered HTTP {status} on /openapi.json", engine=self.url)
+            raise EngineBadResponse(f"engine {self.id} answered HTTP {status} on /openapi.json", engine=self.id)
         try:
             paths = set(json.loads(body).get("paths", {}))
         except (ValueError, AttributeError) as exc:
-            raise EngineBadResponse(f"engine {self.url} sent an unreadable /openapi.json", engine=self.url) from exc
+            raise EngineBadResponse(f"engine {self.id} sent an unreadable /openapi.json", engine=self.id) from exc
         if {protocol_v2.SYNTHESIS_PATH, protocol_v2.SET_GPT_PATH} <= paths:
             flavor = "v2"
         elif {protocol_v1.SYNTHESIS_PATH, protocol_v1.SET_MODEL_PATH, "/change_refer"} <= paths:
             flavor = "v1"
         else:
             raise EngineBadResponse(
-                f"engine {self.url} is neither api_v2.py (/tts) nor api.py (/, /set_model): paths {sorted(paths)}",
-                engine=self.url,
+                f"engine {self.id} is neither api_v2.py (/tts) nor api.py (/, /set_model): paths {sorted(paths)}",
+                engine=self.id,
             )
         if flavor != self.info.flavor:  # another server now: what we knew of its version is stale
             self.info = replace(self.info, flavor=flavor, version=None)
@@ -127,8 +134,8 @@ class VoiceCloner:
             async with asyncio.timeout(limit):
                 response = await self._http.get(path, params=params, timeout=httpx.Timeout(limit))
         except TimeoutError:
-            message = f"engine {self.url} did not answer {path} within {limit:g}s"
-            raise EngineUnavailable(message, engine=self.url) from None
+            message = f"engine {self.id} did not answer {path} within {limit:g}s"
+            raise EngineUnavailable(message, engine=self.id) from None
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, responded=False) from exc
         return response.status_code, response.content
@@ -149,7 +156,7 @@ class VoiceCloner:
                 path, body, warnings, classify = self._synthesis_call(req, flavor, streaming=False)
                 data = await self._post_for_body(path, body, timeout, classify)
         except TimeoutError:
-            raise EngineTimeout(f"engine {self.url} did not answer within {timeout:.1f}s", engine=self.url) from None
+            raise EngineTimeout(f"engine {self.id} did not answer within {timeout:.1f}s", engine=self.id) from None
         info = self._check_wav(data)
         return SynthesisResult(
             wav=data,
@@ -164,7 +171,7 @@ class VoiceCloner:
         self, req: SynthesisRequest, flavor: str, *, streaming: bool
     ) -> tuple[str, dict[str, Any], list[str], Classifier]:
         if flavor == "v1":
-            protocol_v1.check_request(req, self.url)
+            protocol_v1.check_request(req, self.id)
             body, warnings = protocol_v1.build_synthesis_body(req)
             return protocol_v1.SYNTHESIS_PATH, body, warnings, protocol_v1.classify_error
         body, warnings = protocol_v2.build_tts_body(req, streaming=streaming)
@@ -185,7 +192,9 @@ class VoiceCloner:
             raise self._transport_error(exc, responded=False) from exc
 
     async def _post_for_body(self, path: str, body: dict[str, Any], timeout: float, classify: Classifier) -> bytes:
-        request = self._http.build_request("POST", path, json=body, timeout=self._timeouts(timeout))
+        request = self._http.build_request(
+            "POST", path, json=body, headers=_trace_headers(), timeout=self._timeouts(timeout)
+        )
         response = await self._send(request)
         try:
             if response.status_code != 200:
@@ -198,7 +207,7 @@ class VoiceCloner:
         data = b"".join(pieces)
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) != len(data):
-            raise EngineBadResponse(f"engine {self.url} sent {len(data)} of {declared} bytes", engine=self.url)
+            raise EngineBadResponse(f"engine {self.id} sent {len(data)} of {declared} bytes", engine=self.id)
         return data
 
     async def _error_from(self, response: httpx.Response, classify: Classifier) -> EngineError:
@@ -212,19 +221,19 @@ class VoiceCloner:
                     break
             if self.info.flavor == "v2" and (version := protocol_v2.version_from_error(body)):
                 self.info = replace(self.info, version=version)
-        return classify(response.status_code, body, self.url)
+        return classify(response.status_code, body, self.id)
 
     def _transport_error(self, exc: httpx.HTTPError, *, responded: bool) -> EngineError:
-        where = f"engine {self.url}"
+        where = f"engine {self.id}"
         if isinstance(exc, httpx.ConnectTimeout):
-            return EngineUnavailable(f"{where} did not accept a connection: {exc!r}", engine=self.url)
+            return EngineUnavailable(f"{where} did not accept a connection: {exc!r}", engine=self.id)
         if isinstance(exc, httpx.ConnectError):
-            return EngineUnavailable(f"{where} refused the connection: {exc}", engine=self.url)
+            return EngineUnavailable(f"{where} refused the connection: {exc}", engine=self.id)
         if isinstance(exc, httpx.TimeoutException):
-            return EngineTimeout(f"{where} did not answer in time ({type(exc).__name__})", engine=self.url)
+            return EngineTimeout(f"{where} did not answer in time ({type(exc).__name__})", engine=self.id)
         if not responded and isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-            return EngineUnavailable(f"{where} closed the connection before answering: {exc}", engine=self.url)
-        return EngineBadResponse(f"{where} cut the answer short: {exc}", engine=self.url)
+            return EngineUnavailable(f"{where} closed the connection before answering: {exc}", engine=self.id)
+        return EngineBadResponse(f"{where} cut the answer short: {exc}", engine=self.id)
 
     def _check_wav(self, data: bytes) -> WavInfo:
         """A success must be a readable, non-empty WAV that is not the engine's error placeholder."""
@@ -232,17 +241,17 @@ class VoiceCloner:
             info = parse_wav(data)
         except ValueError as exc:
             raise EngineBadResponse(
-                f"engine {self.url} returned unusable audio ({len(data)} bytes): {exc}", engine=self.url
+                f"engine {self.id} returned unusable audio ({len(data)} bytes): {exc}", engine=self.id
             ) from exc
         if is_silence_placeholder(data):
             raise EngineBadResponse(
-                f"engine {self.url} returned its error placeholder (1 s of 16 kHz silence): "
+                f"engine {self.id} returned its error placeholder (1 s of 16 kHz silence): "
                 "the synthesis failed inside the engine",
-                engine=self.url,
+                engine=self.id,
                 code="engine_silence",
             )
         if info.frames == 0:
-            raise EngineBadResponse(f"engine {self.url} returned a WAV with no audio", engine=self.url)
+            raise EngineBadResponse(f"engine {self.id} returned a WAV with no audio", engine=self.id)
         self._learn_version_from_rate(info.sample_rate)
         return info
 
@@ -273,18 +282,20 @@ class VoiceCloner:
             async with asyncio.timeout_at(deadline):
                 flavor = await self._ensure_flavor()
         except TimeoutError:
-            raise EngineTimeout(f"engine {self.url} did not answer in time", engine=self.url) from None
+            raise EngineTimeout(f"engine {self.id} did not answer in time", engine=self.id) from None
         if flavor == "v1":
             result = await self.synthesize(req, timeout=deadline - loop.time())
             yield stream_from_wav(result, deadline)
             return
         path, body, warnings, classify = self._synthesis_call(req, flavor, streaming=True)
-        request = self._http.build_request("POST", path, json=body, timeout=self._timeouts(timeout))
+        request = self._http.build_request(
+            "POST", path, json=body, headers=_trace_headers(), timeout=self._timeouts(timeout)
+        )
         try:
             async with asyncio.timeout_at(deadline):
                 response = await self._send(request)
         except TimeoutError:
-            raise EngineTimeout(f"engine {self.url} did not answer within {timeout:.1f}s", engine=self.url) from None
+            raise EngineTimeout(f"engine {self.id} did not answer within {timeout:.1f}s", engine=self.id) from None
         try:
             if response.status_code != 200:
                 raise await self._stream_error(response, classify, deadline)
@@ -300,7 +311,7 @@ class VoiceCloner:
             async with asyncio.timeout_at(deadline):
                 return await self._error_from(response, classify)
         except TimeoutError:
-            return EngineTimeout(f"engine {self.url} did not finish its error answer in time", engine=self.url)
+            return EngineTimeout(f"engine {self.id} did not finish its error answer in time", engine=self.id)
         except httpx.HTTPError as exc:
             return self._transport_error(exc, responded=True)
 
@@ -310,10 +321,10 @@ class VoiceCloner:
         """Read the streaming WAV header and at least one PCM byte: the point of no retry."""
         buffer = b""
         while True:
-            piece = await next_piece(body, deadline, self.url, caller_deadline)
+            piece = await next_piece(body, deadline, self.id, caller_deadline)
             if piece is None:
                 raise EngineBadResponse(
-                    f"engine {self.url} ended the stream before any audio ({len(buffer)} bytes)", engine=self.url
+                    f"engine {self.id} ended the stream before any audio ({len(buffer)} bytes)", engine=self.id
                 )
             buffer += piece
             if len(buffer) <= STREAMING_HEADER_SIZE:
@@ -323,14 +334,14 @@ class VoiceCloner:
             except ValueError as exc:
                 if buffer.startswith(b"RIFF") and len(buffer) < _STREAM_HEADER_LIMIT:
                     continue  # a header split across reads
-                raise EngineBadResponse(f"engine {self.url} sent a bad stream header: {exc}", engine=self.url) from exc
+                raise EngineBadResponse(f"engine {self.id} sent a bad stream header: {exc}", engine=self.id) from exc
             if len(buffer) > header.data_offset:
                 break
         if header.sample_rate == PLACEHOLDER_RATE or header.channels != 1 or header.bits_per_sample != 16:
             raise EngineBadResponse(
-                f"engine {self.url} streamed {header.channels} x {header.bits_per_sample}-bit audio at "
+                f"engine {self.id} streamed {header.channels} x {header.bits_per_sample}-bit audio at "
                 f"{header.sample_rate} Hz (16 kHz is its error placeholder)",
-                engine=self.url,
+                engine=self.id,
             )
         self._learn_version_from_rate(header.sample_rate)
         pcm = buffer[header.data_offset :]
@@ -346,7 +357,7 @@ class VoiceCloner:
         try:
             async with asyncio.timeout(limit if limit > 0 else 0):
                 if await self._ensure_flavor() == "v1":
-                    params = protocol_v1.set_model_params(weights, self.url)
+                    params = protocol_v1.set_model_params(weights, self.id)
                     await self._control(protocol_v1.SET_MODEL_PATH, params, "model", limit)
                 else:
                     if weights.gpt:
@@ -359,7 +370,7 @@ class VoiceCloner:
                     await self.probe_version()
         except TimeoutError:
             raise EngineTimeout(
-                f"engine {self.url} did not load weights within {limit:.1f}s", engine=self.url
+                f"engine {self.id} did not load weights within {limit:.1f}s", engine=self.id
             ) from None
 
     async def _control(self, path: str, params: dict[str, str], what: str, timeout: float) -> None:
@@ -374,13 +385,19 @@ class VoiceCloner:
         if response.status_code == 200:
             return
         message = _control_message(body) or f"HTTP {response.status_code}"
-        text = f"engine {self.url} could not load {what} weights {params}: {message}"
+        text = f"engine {self.id} could not load {what} weights {params}: {message}"
         if 400 <= response.status_code < 500:
-            raise EngineRejected(text, engine=self.url, code="weights_rejected", engine_message=message)
-        raise EngineBadResponse(text, engine=self.url)
+            raise EngineRejected(text, engine=self.id, code="weights_rejected", engine_message=message)
+        raise EngineBadResponse(text, engine=self.id)
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _trace_headers() -> dict[str, str] | None:
+    """The client request's id on the engine call, so an engine's log line can be matched with ours."""
+    request_id = request_id_var.get()
+    return {"X-Request-ID": request_id} if request_id else None
 
 
 def _control_message(body: bytes) -> str:

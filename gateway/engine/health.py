@@ -85,6 +85,16 @@ class EngineState:
     def url(self) -> str:
         return self.client.url
 
+    @property
+    def id(self) -> str:
+        """`e0`, `e1`, ...: how clients see this engine (its URL is for operators only)."""
+        return self.client.id
+
+    @property
+    def label(self) -> str:
+        """For logs: the id clients quote, and the URL operators need."""
+        return f"{self.client.id} ({self.client.url})"
+
     def cooldown_remaining(self, now: float) -> float:
         return max(0.0, self.cooldown_until - now)
 
@@ -182,10 +192,12 @@ class EngineState:
         if not first_contact:
             self.weights_known = False
 
-    def describe(self, now: float) -> dict[str, Any]:
+    def describe(self, now: float, *, verbose: bool = False) -> dict[str, Any]:
+        """The engine in /readyz; its URL only when `verbose` (an admin asked)."""
         weights = self.weights.model_dump() if self.weights is not None else None
         return {
-            "url": self.url,
+            "id": self.id,
+            **({"url": self.url} if verbose else {}),
             "flavor": self.client.info.flavor,
             "version": self.client.info.version,
             "state": self.state(now),

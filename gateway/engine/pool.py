@@ -106,8 +106,8 @@ class EnginePool:
     async def start(self) -> None:
         """Create the clients, contact every engine once (flavour, version), start the probe loop."""
         self._engines.extend(
-            EngineState(VoiceCloner(url, self._settings), self._settings.engine_concurrency)
-            for url in self._settings.engines
+            EngineState(VoiceCloner(url, self._settings, f"e{index}"), self._settings.engine_concurrency)
+            for index, url in enumerate(self._settings.engines)
         )
         await self._prober.probe_all_first()
         self._probe_task = asyncio.create_task(self._prober.loop(), name="engine-probe-loop")
@@ -171,7 +171,8 @@ class EnginePool:
                 grace = stream.stop_grace(slowest)
                 self._detach(self._drain_and_release(engine, stack, grace, outcome))
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, verbose: bool = False) -> dict[str, Any]:
+        """Readiness facts; engines by id, their URLs only when `verbose` (operators)."""
         now = time.monotonic()
         return {
             "ready": any(engine.selectable(now) for engine in self._engines),
@@ -181,7 +182,7 @@ class EnginePool:
             "free_slots": sum(
                 engine.concurrency - engine.in_flight for engine in self._engines if engine.has_free_slot(now)
             ),
-            "engines": [engine.describe(now) for engine in self._engines],
+            "engines": [engine.describe(now, verbose=verbose) for engine in self._engines],
         }
 
     def supported_languages(self) -> frozenset[str] | None:
@@ -284,7 +285,7 @@ class EnginePool:
             if task.done() and not task.cancelled():
                 return task.result()
             raise EngineTimeout(
-                f"the request's deadline passed while engine {engine.url} was still working on it"
+                f"the request's deadline passed while engine {engine.id} was still working on it"
             ) from None
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -364,11 +365,11 @@ class EnginePool:
         was_down = engine.down
         cooldown = engine.record(error, self._settings, time.monotonic()) if outcome is None else None
         if cooldown is not None:
-            log.warning("engine %s cools down for %.1fs after: %s", engine.url, cooldown, error)
+            log.warning("engine %s cools down for %.1fs after: %s", engine.label, cooldown, error)
             self._schedule_cooldown_end(engine, cooldown)
         elif engine.down and not was_down:
             log.warning("engine %s is unreachable (%s); out of selection until a probe sees it answer",
-                        engine.url, error)
+                        engine.label, error)
         if error is None and seconds is not None:
             self._slots.record_engine_seconds(seconds)
         if self._metrics is not None:

@@ -150,7 +150,7 @@ class Prober:
             elif healthy and client.info.flavor == "v2" and client.info.version is None:
                 await client.probe_version()
         except EngineError as exc:
-            log.debug("engine %s probe failed: %s", engine.url, exc)
+            log.debug("engine %s probe failed: %s", engine.label, exc)
             healthy, reason = False, f"probe failed: {exc.message}"
         finally:
             engine.probing = False
@@ -159,13 +159,13 @@ class Prober:
             engine.recovered(first_contact=first_contact)
             flavor = client.info.flavor
             changed = f"; it was {was_flavor} before" if was_flavor not in ("unknown", flavor) else ""
-            log.info("engine %s is up (%s, version %s%s)", engine.url, flavor, client.info.version, changed)
+            log.info("engine %s is up (%s, version %s%s)", engine.label, flavor, client.info.version, changed)
         elif not healthy:
             if not engine.down:
-                log.warning("engine %s stopped answering probes; out of selection until it answers", engine.url)
+                log.warning("engine %s stopped answering probes; out of selection until it answers", engine.label)
             elif first_contact:
-                log.warning("engine %s does not answer yet; it joins as soon as it does", engine.url)
+                log.warning("engine %s does not answer yet; it joins as soon as it does", engine.label)
             else:
-                log.debug("engine %s is still down: %s", engine.url, reason)
+                log.debug("engine %s is still down: %s", engine.label, reason)
             engine.probe_failed(reason)
         self._changed(engine)

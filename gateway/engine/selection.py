@@ -71,7 +71,7 @@ def attempts_spent(attempts: int, max_attempts: int, now: float, deadline: float
 
 
 def no_capable_engine_message(req: SynthesisRequest, engines: Sequence[EngineState]) -> str:
-    known = ", ".join(f"{e.url} ({e.client.info.flavor}, {e.client.info.version or '?'})" for e in engines)
+    known = ", ".join(f"{e.id} ({e.client.info.flavor}, {e.client.info.version or '?'})" for e in engines)
     need = "reference-free synthesis (api_v2 only), " if not req.prompt_text else ""
     return (
         f"no engine can serve this request: it needs {need}text language {req.text_language!r} and prompt "
@@ -217,13 +217,13 @@ class SlotQueue:
         # a down engine is probed every down_probe_interval and by every request: worth asking again soon
         retry_after = max(1.0, min(cooling, default=self._settings.down_probe_interval))
         details = "; ".join(
-            f"{e.url} is {e.state(now)}" + (f" ({e.last_error})" if e.last_error else "") for e in self._engines
+            f"{e.id} is {e.state(now)}" + (f" ({e.last_error})" if e.last_error else "") for e in self._engines
         )
         return EngineUnavailable(
             f"no engine is available ({len(cooling)} cooling down, {down} down of {len(self._engines)}): "
             f"{details}; retry in {math.ceil(retry_after)}s",
             retry_after=retry_after,
-            engines=[e.url for e in self._engines],
+            engines=[e.id for e in self._engines],
         )
 
     def estimated_wait(self, position: int) -> float:

@@ -106,7 +106,7 @@ class EngineStream:
                     self._deadline += loop.time() - handed  # the consumer's time is not the engine's
                     carry = carry[usable:]
                 asked = loop.time()
-                piece = await next_piece(self._body, self._deadline, self.engine.url, self._caller_deadline)
+                piece = await next_piece(self._body, self._deadline, self.engine.id, self._caller_deadline)
                 self._longest_wait = max(self._longest_wait, loop.time() - asked)
                 if piece is None:
                     break
@@ -118,9 +118,10 @@ class EngineStream:
 
 
 async def next_piece(
-    body: AsyncIterator[bytes], deadline: float, url: str, caller_deadline: float | None = None
+    body: AsyncIterator[bytes], deadline: float, engine: str, caller_deadline: float | None = None
 ) -> bytes | None:
     """One network read of a streaming body within the deadlines (loop time); None at the end of the body.
+    `engine` is the engine's id (`e0`): it goes into client-facing errors.
 
     Only the engine's own `deadline` running out is the engine's fault; the caller's names no engine.
     """
@@ -134,10 +135,10 @@ async def next_piece(
             return await anext(body, None)
     except (TimeoutError, httpx.TimeoutException):
         if callers_first:
-            raise EngineTimeout(f"the request's deadline passed while engine {url} was streaming") from None
-        raise EngineTimeout(f"engine {url} did not finish the stream before the deadline", engine=url) from None
+            raise EngineTimeout(f"the request's deadline passed while engine {engine} was streaming") from None
+        raise EngineTimeout(f"engine {engine} did not finish the stream before the deadline", engine=engine) from None
     except httpx.HTTPError as exc:
-        raise EngineBadResponse(f"engine {url} aborted the stream: {exc}", engine=url) from exc
+        raise EngineBadResponse(f"engine {engine} aborted the stream: {exc}", engine=engine) from exc
 
 
 def stream_from_wav(result: SynthesisResult, deadline: float) -> EngineStream:

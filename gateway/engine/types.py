@@ -40,6 +40,7 @@ class EngineInfo:
     url: str
     flavor: str  # "v2" (api_v2.py) or "v1" (api.py)
     version: str | None = None  # loaded model version when known (v1, v2, v2Pro, v3, v4 ...)
+    id: str = ""  # `e0`, `e1`, ... in GATEWAY_ENGINES order: what clients see instead of the URL
 
 
 @dataclass

@@ -49,7 +49,7 @@ async def render_segment(services: Services, job: Job, segment: Segment) -> byte
     rendered = await render(
         services, request, reference_id=reference.reference_id, goal=goal, timeout=None, priority="batch"
     )
-    segment.engine = rendered.engine.url if rendered.engine else None
+    segment.engine = rendered.engine.id if rendered.engine else None  # the id, never the URL
     segment.sample_rate = rendered.sample_rate
     segment.duration = round(rendered.duration, 4)
     segment.timing = rendered.timing

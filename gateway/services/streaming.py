@@ -25,6 +25,7 @@ from gateway.auth.access import charge_audio
 from gateway.engine.stream import EngineStream
 from gateway.engine.types import SynthesisRequest
 from gateway.errors import EngineError
+from gateway.logs import RequestFacts
 from gateway.services.context import Services
 
 log = logging.getLogger("gateway.services.streaming")
@@ -84,13 +85,21 @@ class OpenedStream:
     def __init__(self, services: Services, stack: AsyncExitStack, stream: EngineStream, encoder: StreamEncoder,
                  started: float) -> None:
         self.rate = encoder.rate
-        self.engine = stream.engine.url
+        self.engine = stream.engine.id  # what clients see (X-Engine); the URL is for the log only
+        self.engine_url = stream.engine.url
         self.attempts = stream.attempts
         self.services = services
+        self._facts: RequestFacts | None = None
         self._stack = stack
         self._stream = stream
         self._encoder = encoder
         self._started = started
+
+    def report_to(self, facts: RequestFacts) -> None:
+        """Note the engine and queue time now, and the audio length and engine time once the stream ends."""
+        facts.engine, facts.attempts = self.engine, self.attempts
+        facts.queue_seconds = self._stream.queue_wait
+        self._facts = facts
 
     async def produce(self, buffer: ByteBuffer) -> None:
         """Engine chunks → encoder → buffer. The engine is let go as soon as its stream ends, before the
@@ -117,6 +126,10 @@ class OpenedStream:
         if tail:
             await buffer.put(tail)
         metrics.audio_seconds.inc(samples / self._stream.sample_rate)
+        if self._facts is not None:
+            self._facts.audio_seconds = samples / self._stream.sample_rate
+            # from the call to the last chunk, less the queue: the engine's time (this request's encoding included)
+            self._facts.engine_seconds = time.perf_counter() - self._started - self._stream.queue_wait
         charge_audio(samples / self._stream.sample_rate)
         buffer.close()
 
@@ -164,8 +177,8 @@ class EngineAudioResponse(Response):
             self._opened.services.metrics.stream_cuts.labels(reason=reason).inc()
             request_id = scope.get("state", {}).get("request_id", "-")
             level = logging.INFO if reason == "client" else logging.WARNING
-            log.log(level, "stream cut after its 200 (request %s, engine %s): %s", request_id,
-                    self._opened.engine, message)
+            log.log(level, "stream cut after its 200 (request %s, engine %s (%s)): %s", request_id,
+                    self._opened.engine, self._opened.engine_url, message)
 
     async def _write(self, send: Send, group: CancelScope) -> None:
         """Client writer: headers, then the buffer as it fills; ends the whole response when done or cut."""
