@@ -177,3 +177,12 @@ def test_metrics_can_be_made_to_need_a_key(tmp_path: Path) -> None:
         scraped = httpx.get(f"{gw.url}/metrics", headers=bearer("scraper-key"), timeout=10)
         assert scraped.status_code == 200 and "gateway_requests_total" in scraped.text
         assert httpx.get(f"{gw.url}/healthz", timeout=10).status_code == 200
+
+
+def test_engine_urls_in_readyz_need_an_admin_key(gateway: GatewayServer, engine_v2: EngineProcess) -> None:
+    host = engine_v2.url.removeprefix("http://")
+    for headers in ({}, bearer(ENV_SYNTH)):
+        plain = httpx.get(f"{gateway.url}/readyz?verbose=1", headers=headers, timeout=10)
+        assert host not in plain.text and plain.json()["engines"][0]["id"] == "e0"
+    verbose = httpx.get(f"{gateway.url}/readyz?verbose=1", headers=bearer(ENV_ADMIN), timeout=10)
+    assert host in verbose.text and str(gateway.settings.shared_dir) in verbose.text
