@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: run test lint bench mutate clean
+.PHONY: run test lint bench mutate clean deploy-tools
 
 # tests/test_web.py drives Debian's chromium (Playwright never downloads a browser): installed when missing
 CHROMIUM ?= /usr/bin/chromium
@@ -38,7 +38,19 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -q
 	$(SUDO) apt-get install -y -q chromium
 
-test: lint $(CHROMIUM)
+# tests/test_deploy*.py: Debian's docker.io (the test starts dockerd when none is running), docker-compose 1.29,
+# debootstrap (deploy/base-image.sh makes the image's base locally: no registry is needed) and systemd-analyze.
+# Installed when missing, like chromium; the docker test is skipped (with the reason) where dockerd cannot start.
+DEPLOY_TOOLS := dockerd docker-compose debootstrap systemd-analyze
+deploy-tools:
+	@missing=$$(for tool in $(DEPLOY_TOOLS); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null || echo $$tool; done); \
+	if [ -n "$$missing" ]; then \
+	  command -v apt-get >/dev/null 2>&1 || { echo >&2 "make test: missing $$missing and no apt-get: install \
+	docker.io, docker-compose, debootstrap and systemd there (tests/test_deploy*.py use them)"; exit 1; }; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q docker.io docker-compose debootstrap systemd; \
+	fi
+
+test: lint $(CHROMIUM) deploy-tools
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 
 bench: $(VENV)/.dev-deps

@@ -1,5 +1,5 @@
-"""The `sovits-gateway` command: `serve` (the gateway), `cpu-engine` (the embedded engine), `stack` (both), and the
-client commands `clone`, `voices`, `dub` (gateway/cli_client.py)."""
+"""The `sovits-gateway` command: `serve` (the gateway), `cpu-engine` (the embedded engine), `stack` (both), `check`
+(a deployment doctor, gateway/doctor.py), and the client commands `clone`, `voices`, `dub` (gateway/cli_client.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import uvicorn
 
 from gateway.cli_client import add_client_commands
 from gateway.cli_keys import add_keys_command
+from gateway.doctor import add_check_flags
 from gateway.settings import Settings
 
 
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     stack_parser.add_argument("--engine-port", type=int, default=9880)
     stack_parser.add_argument("--flavor", choices=("v2", "v1"), default="v2")
     commands.add_parser("cpu-engine", help="run the embedded CPU engine (see: cpu-engine --help)")
+    check_parser = commands.add_parser("check", help="check a deployment: settings, shared dir, engines (exit 0/1)")
+    _add_gateway_flags(check_parser)
+    add_check_flags(check_parser, _settings_from)
     add_client_commands(commands)
     add_keys_command(commands)
     args = parser.parse_args(argv)

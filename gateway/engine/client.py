@@ -390,6 +390,37 @@ class VoiceCloner:
             raise EngineRejected(text, engine=self.id, code="weights_rejected", engine_message=message)
         raise EngineBadResponse(text, engine=self.id)
 
+    # ------------------------------------------------------------------ references
+
+    async def load_reference(self, engine_path: str, *, timeout: float) -> None:
+        """api_v2 only: have the engine open and check a reference without synthesizing (`/set_refer_audio`).
+
+        `sovits-gateway check` uses it to prove the engine reads what the gateway writes. It replaces the
+        engine's one cached reference, so the next synthesis reloads its own (one extra load, no harm)."""
+        request = self._http.build_request(
+            "GET", protocol_v2.SET_REFER_AUDIO_PATH, params={"refer_audio_path": engine_path},
+            timeout=self._timeouts(timeout),
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._send(request)
+                try:
+                    body = await response.aread()
+                except httpx.HTTPError as exc:
+                    raise self._transport_error(exc, responded=True) from exc
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            message = f"engine {self.url} did not load a reference within {timeout:.1f}s"
+            raise EngineTimeout(message, engine=self.url) from None
+        if response.status_code == 200:
+            return
+        message = _control_message(body) or f"HTTP {response.status_code}"
+        text = f"engine {self.url} could not load the reference {engine_path}: {message}"
+        if 400 <= response.status_code < 500:
+            raise EngineRejected(text, engine=self.url, code="reference_rejected", engine_message=message)
+        raise EngineBadResponse(text, engine=self.url)
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

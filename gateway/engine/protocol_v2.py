@@ -46,6 +46,7 @@ from gateway.languages import normalize_language
 SYNTHESIS_PATH = "/tts"
 SET_GPT_PATH = "/set_gpt_weights"
 SET_SOVITS_PATH = "/set_sovits_weights"
+SET_REFER_AUDIO_PATH = "/set_refer_audio"  # loads and checks a reference, no synthesis (sovits-gateway check)
 
 #: Answers 400 `text_lang: __ is not supported in version <v>` during validation, before any synthesis:
 #: a safe way to learn the loaded model version of an idle engine.
