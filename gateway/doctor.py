@@ -131,14 +131,15 @@ async def check_engine(index: int, url: str, settings: Settings, probe: Path | N
     facts: dict[str, Any] = {"id": engine_id, "url": url, "flavor": None, "version": None}
     # every call of this check, /openapi.json included, gets the whole timeout: a busy api_v2 engine does not
     # answer while it synthesizes, and the doctor should report it slow rather than down
-    client = VoiceCloner(url, settings.model_copy(update={"connect_timeout": timeout}))
+    client = VoiceCloner(url, settings.model_copy(update={"connect_timeout": timeout}), engine_id)
     try:
         started = time.monotonic()
         try:
             flavor = await client.detect_flavor()
             version = await client.probe_version()
         except GatewayError as exc:
-            reason = Check(f"{engine_id} engine", "fail", f"not usable: {exc.message}", engine=facts)
+            # operators read this: the URL too (client-facing messages name only the id)
+            reason = Check(f"{engine_id} engine", "fail", f"{url} not usable: {exc.message}", engine=facts)
             skipped = Check(f"{engine_id} reads refs", "skip", "not tried: the engine is not usable", engine=facts)
             return [reason, skipped]
         seconds = time.monotonic() - started
