@@ -50,7 +50,8 @@ def parse_params(model: type[M], fields: dict[str, Any]) -> M:
     """Validate into `model`, turning pydantic's errors into our 422 envelope."""
     reject_engine_paths(fields)
     try:
-        return model.model_validate(_blank_to_none(fields, {"prompt_text", "text"}))
+        # an empty response_format is a mistake (the client meant some format), not "the default": refuse it
+        return model.model_validate(_blank_to_none(fields, {"prompt_text", "text", "response_format"}))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
