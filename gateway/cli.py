@@ -16,6 +16,7 @@ import httpx
 import uvicorn
 
 from gateway.cli_client import add_client_commands
+from gateway.server import server_options
 from gateway.settings import Settings
 
 
@@ -47,6 +48,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
+        **server_options(settings),  # header/body read timeouts and the connection cap (gateway/server.py)
     )
 
 
