@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 from gateway import __version__
 from gateway.api import health, jobs, references, speech, voice_clone, voices
 from gateway.api.context import ClientDisconnected, RequestContext
+from gateway.api.openapi import install_openapi
 from gateway.engine.pool import EnginePool
 from gateway.errors import install_error_handlers
 from gateway.jobs.runner import JobManager
@@ -84,5 +85,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (voice_clone, speech, voices, references, jobs, health):
         app.include_router(module.router)
     mount_web(app)
+    install_openapi(app)  # error responses, required fields, /metrics as text (gateway/api/openapi.py)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

@@ -81,8 +81,11 @@ def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
     return inlined
 
 
-def openapi_body(model: type[BaseModel], *, files: dict[str, str], json_body: bool = True) -> dict[str, Any]:
-    """Describe a body that routes read themselves (streamed, capped) so /docs still shows every field."""
+def openapi_body(
+    model: type[BaseModel], *, files: dict[str, str], json_body: bool = True, required_files: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Describe a body that routes read themselves (streamed, capped) so /docs still shows every field; the
+    model's required fields are marked required, and so are `required_files` in the form."""
     schema = _inline_defs(model.model_json_schema())
     form = {
         **schema,
@@ -91,6 +94,9 @@ def openapi_body(model: type[BaseModel], *, files: dict[str, str], json_body: bo
             **{name: {"type": "string", "format": "binary", "description": text} for name, text in files.items()},
         },
     }
+    required = [*schema.get("required", []), *required_files]
+    if required:
+        form["required"] = required
     content: dict[str, Any] = {"multipart/form-data": {"schema": form}}
     if json_body:
         content["application/json"] = {"schema": schema}

@@ -42,7 +42,8 @@ class DefaultVoice(BaseModel):
     "",
     status_code=201,
     summary="Create a voice from a reference recording",
-    openapi_extra=openapi_body(VoiceFields, files={"audio": "the reference recording"}, json_body=False),
+    openapi_extra=openapi_body(VoiceFields, files={"audio": "the reference recording"}, json_body=False,
+                                required_files=("audio",)),
 )
 async def create_voice(request: Request) -> Voice:
     svc = services(request)
