@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from gateway import __version__
 from gateway.api import health, jobs, references, speech, voice_clone, voices
 from gateway.api.context import ClientDisconnected, RequestContext
+from gateway.api.openapi import install_openapi
 from gateway.auth import Auth, AuthMiddleware
 from gateway.engine.pool import EnginePool
 from gateway.errors import install_error_handlers
@@ -108,5 +109,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=EXPOSED_HEADERS,
             max_age=600,
         )
+    install_openapi(app)  # error responses, required fields, /metrics as text (gateway/api/openapi.py)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

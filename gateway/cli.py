@@ -17,6 +17,7 @@ import uvicorn
 from gateway.cli_client import add_client_commands
 from gateway.cli_keys import add_keys_command
 from gateway.doctor import add_check_flags
+from gateway.server import server_options
 from gateway.settings import Settings
 
 
@@ -57,6 +58,7 @@ def serve(settings: Settings) -> None:
         # json: uvicorn's loggers propagate to our JSON handler, and the gateway writes the one access line
         log_config=None if json_logs else uvicorn.config.LOGGING_CONFIG,
         access_log=not json_logs,
+        **server_options(settings),  # header/body read timeouts and the connection cap (gateway/server.py)
     )
 
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("gateway.errors")
 
@@ -114,13 +115,26 @@ class EngineTimeout(EngineError):
     status, code = 504, "engine_timeout"
 
 
-def envelope(request: Request, err: GatewayError) -> JSONResponse:
-    body: dict[str, Any] = {"code": err.code, "message": err.message}
+def _printable(value: Any) -> Any:
+    """Client text echoed in a message may hold lone surrogates, which UTF-8 cannot encode (rendering the
+    answer would fail with a 500): escape them as `\\udc00` text instead of echoing them raw."""
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {key: _printable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(item) for item in value]
+    return value
+
+
+def envelope(request: Request, err: GatewayError, headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": err.code, "message": _printable(err.message)}
     request_id = getattr(request.state, "request_id", None)
     body["request_id"] = request_id
-    body.update(err.extra)
-    # set here too: a 500 is rendered outside the request-id middleware
-    headers = {"X-Request-ID": request_id} if request_id else {}
+    body.update(_printable(err.extra))
+    headers = dict(headers or {})
+    if request_id:  # set here too: a 500 is rendered outside the request-id middleware
+        headers["X-Request-ID"] = request_id
     if err.retry_after is not None:
         seconds = max(1, math.ceil(err.retry_after))
         headers["Retry-After"] = str(seconds)
@@ -138,6 +152,20 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route fully matches on this path (GET, PUT and DELETE may be three routes):
+    asked of each route with `matches`, so included routers answer for their own routes."""
+    routes = request.app.router.routes
+    allowed = [
+        method for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error (ours, FastAPI's, Starlette's, unexpected) as the one envelope."""
 
@@ -153,7 +181,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         err = GatewayError(str(exc.detail), status=exc.status_code, code=codes.get(exc.status_code, "http_error"))
-        return envelope(request, err)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110 §15.5.6; Starlette names only the first route on the path
+            headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+        return envelope(request, err, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

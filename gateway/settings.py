@@ -64,6 +64,19 @@ class Settings(BaseSettings):
     min_reference_seconds: float = 3.0
     max_reference_seconds: float = 10.0
 
+    # --- slow and idle clients (gateway/server.py)
+    header_timeout: float = Field(
+        20.0, gt=0, description="seconds a connection has to send its request headers (from connect or keep-alive)"
+    )
+    body_timeout: float = Field(
+        20.0, gt=0, description="seconds a request body may pause; also the grace period before min_body_rate"
+    )
+    min_body_rate: float = Field(500.0, ge=0, description="bytes/s a request body must average after body_timeout")
+    max_connections: int = Field(
+        1000, ge=1, description="open client connections; one more gets a 503 and is closed (keep under ulimit -n)"
+    )
+    keep_alive_timeout: int = Field(5, ge=1, description="seconds an idle keep-alive connection stays open")
+
     # --- hot path
     reference_cache_size: int = Field(
         4096, ge=0, description="prepared references remembered by upload hash (metadata only; 0 disables)"

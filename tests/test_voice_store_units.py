@@ -190,11 +190,12 @@ def test_a_name_that_is_not_a_string_is_refused() -> None:
     [
         ("", "voice name must be 1–64 characters after trimming spaces; got 0"),
         ("  " + "x" * 65 + " ", "voice name must be 1–64 characters after trimming spaces; got 65"),
-        ("a\tb", "voice name must not contain control characters"),
-        ("a\u2029b", "voice name must not contain control characters"),
+        ("a\tb", "voice name must not contain control, invisible or bidirectional-control characters (U+0009)"),
+        ("a\u2029b", "voice name must not contain control, invisible or bidirectional-control characters (U+2029)"),
+        ("a\u202eb", "voice name must not contain control, invisible or bidirectional-control characters (U+202E)"),
         ("VOICE_0123456789ABCDEF", "voice name must not look like a voice id (voice_ + 16 hex digits)"),
     ],
-    ids=["empty", "too-long", "tab", "paragraph-separator", "id-lookalike"],
+    ids=["empty", "too-long", "tab", "paragraph-separator", "bidi-override", "id-lookalike"],
 )
 def test_invalid_name_messages(name: str, message: str) -> None:
     with pytest.raises(InvalidInput) as caught:
@@ -221,11 +222,11 @@ def test_echoed_values_are_cut_at_80_characters(store: VoiceStore, reference: Pr
     with pytest.raises(NotFound) as caught:
         store.get("x" * 79)
     assert caught.value.message == "no voice with id '" + "x" * 79 + "…"
-    invisible = "\u200b" * 20  # not whitespace and not a control character: a valid name
+    invisible = "\ue000" * 20  # private use: a valid name (not a control, format or space) that repr escapes
     create(store, invisible, reference)
     with pytest.raises(Conflict) as conflict:
         create(store, invisible, reference)
-    shown = "'" + "\\u200b" * 13 + "\\" + "…"  # repr escapes it; cut after 80 characters
+    shown = "'" + "\\ue000" * 13 + "\\" + "…"  # repr escapes it; cut after 80 characters
     assert conflict.value.message == f"a voice named {shown} already exists"
 
 

@@ -15,7 +15,7 @@ from starlette.background import BackgroundTask
 
 from gateway.api.context import services
 from gateway.api.params import openapi_body, parse_params
-from gateway.api.uploads import is_json, read_json, read_multipart
+from gateway.api.uploads import is_json, parse_json, read_json, read_multipart
 from gateway.audio.convert import OUTPUT_FORMATS
 from gateway.auth import require_admin, spends_audio
 from gateway.errors import BadRequest, Conflict, InvalidInput, NotFound
@@ -63,16 +63,13 @@ async def _read_request(request: Request, svc: Services) -> tuple[JobRequest, Jo
         fields = dict(form.fields)
         raw_job = form.files["job"].data if "job" in form.files else fields.pop("job", None)
         if raw_job is not None:
-            try:
-                fields = {**json.loads(raw_job), **fields}
-            except (ValueError, TypeError) as exc:
-                raise InvalidInput(f"the 'job' field is not a JSON object: {exc}", code="invalid_request") from exc
+            job = parse_json(raw_job, "the 'job' field")
+            if not isinstance(job, dict):
+                raise InvalidInput("the 'job' field is not a JSON object", code="invalid_request")
+            fields = {**job, **fields}
         for name in ("segments", "speakers", "knobs"):  # (max_stretch parses "low,high" itself)
             if isinstance(fields.get(name), str):  # a plain form field carrying JSON
-                try:
-                    fields[name] = json.loads(fields[name])
-                except ValueError as exc:
-                    raise InvalidInput(f"field '{name}' is not valid JSON", code="invalid_request") from exc
+                fields[name] = parse_json(fields[name], f"field '{name}'")
         for name, upload in sorted(form.files.items()):
             digest.update(f"{name}:{hashlib.sha256(upload.data).hexdigest()};".encode())
             if name in ("subtitles", "source_subtitles"):

@@ -50,7 +50,8 @@ def parse_params(model: type[M], fields: dict[str, Any]) -> M:
     """Validate into `model`, turning pydantic's errors into our 422 envelope."""
     reject_engine_paths(fields)
     try:
-        return model.model_validate(_blank_to_none(fields, {"prompt_text", "text"}))
+        # an empty response_format is a mistake (the client meant some format), not "the default": refuse it
+        return model.model_validate(_blank_to_none(fields, {"prompt_text", "text", "response_format"}))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
@@ -80,8 +81,11 @@ def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
     return inlined
 
 
-def openapi_body(model: type[BaseModel], *, files: dict[str, str], json_body: bool = True) -> dict[str, Any]:
-    """Describe a body that routes read themselves (streamed, capped) so /docs still shows every field."""
+def openapi_body(
+    model: type[BaseModel], *, files: dict[str, str], json_body: bool = True, required_files: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Describe a body that routes read themselves (streamed, capped) so /docs still shows every field; the
+    model's required fields are marked required, and so are `required_files` in the form."""
     schema = _inline_defs(model.model_json_schema())
     form = {
         **schema,
@@ -90,6 +94,9 @@ def openapi_body(model: type[BaseModel], *, files: dict[str, str], json_body: bo
             **{name: {"type": "string", "format": "binary", "description": text} for name, text in files.items()},
         },
     }
+    required = [*schema.get("required", []), *required_files]
+    if required:
+        form["required"] = required
     content: dict[str, Any] = {"multipart/form-data": {"schema": form}}
     if json_body:
         content["application/json"] = {"schema": schema}

@@ -39,7 +39,8 @@ class ReferenceCheck(BaseModel):
 @router.post(
     "/check",
     summary="Check a reference recording (duration, trimmed silence, warnings) without storing it",
-    openapi_extra=openapi_body(CheckFields, files={"audio": "the reference recording"}, json_body=False),
+    openapi_extra=openapi_body(CheckFields, files={"audio": "the reference recording"}, json_body=False,
+                                required_files=("audio",)),
 )
 async def check_reference(request: Request) -> ReferenceCheck:
     svc = services(request)

@@ -29,6 +29,12 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
 #: JSON bodies up to this size are parsed on the event loop (~0.3 ms).
 INLINE_JSON_BYTES = 512 * 1024
+#: No route's body nests deeper than a few levels; a hostile one 5,000 deep would overflow the parser's (and
+#: pydantic's) recursion instead of getting a 400.
+MAX_JSON_DEPTH = 32
+#: RFC 2046 §5.1.1 limits a boundary to 70 characters; python-multipart raises on longer ones (over 256) deep
+#: inside its parser, so a longer one is refused up front.
+MAX_BOUNDARY_CHARS = 70
 
 
 @dataclass
@@ -174,6 +180,12 @@ async def read_multipart(request: Request, *, max_file_bytes: int, file_fields: 
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise UnsupportedMedia("expected a multipart/form-data body with a boundary")
+    if len(boundary) > MAX_BOUNDARY_CHARS:
+        await _drain(request)
+        raise BadRequest(
+            f"multipart boundary is {len(boundary)} characters; at most {MAX_BOUNDARY_CHARS} are allowed (RFC 2046)",
+            code="malformed_body",
+        )
     allowance = multipart_allowance(max_file_bytes, file_fields)
     too_large = PayloadTooLarge(
         f"request body is larger than the {allowance} byte limit for this form "
@@ -231,13 +243,55 @@ async def _read_capped(request: Request, max_bytes: int) -> bytes:
 async def read_json(request: Request, *, max_bytes: int) -> dict[str, Any]:
     """Read a JSON object body with a byte cap (base64 references make these large)."""
     body = await _read_capped(request, max_bytes)
-    try:
-        # a capped JSON body with a base64 reference is ~27 MB: parse that off the event loop; a usual one (a 5 s
-        # reference is ~430 KB, 0.25 ms to parse) costs less here than a worker-thread round trip (DESIGN §8)
-        inline = len(body) <= INLINE_JSON_BYTES
-        parsed = json.loads(body) if inline else await anyio.to_thread.run_sync(json.loads, body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}", code="malformed_body") from exc
+    # a capped JSON body with a base64 reference is ~27 MB: parse that off the event loop; a usual one (a 5 s
+    # reference is ~430 KB, 0.25 ms to parse) costs less here than a worker-thread round trip (DESIGN §8)
+    inline = len(body) <= INLINE_JSON_BYTES
+    parsed = parse_json(body, "body") if inline else await anyio.to_thread.run_sync(parse_json, body, "body")
     if not isinstance(parsed, dict):
         raise InvalidInput("JSON body must be an object")
     return parsed
+
+
+def parse_json(data: bytes | str, what: str) -> Any:
+    """json.loads for client text: malformed or too deeply nested → 400 `malformed_body`, lone surrogates → 422."""
+    try:
+        parsed = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}", code="malformed_body") from exc
+    except RecursionError as exc:  # nested deeper than the C parser's recursion limit (~1,000)
+        raise BadRequest(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels", code="malformed_body") from exc
+    _check_json_values(parsed, what)
+    return parsed
+
+
+def _check_json_values(document: Any, what: str) -> None:
+    """Refuse what the parser accepts but nothing downstream can use: nesting past MAX_JSON_DEPTH (pydantic
+    recurses too) and lone surrogates (`"\\udc00"` parses to a str that cannot be encoded as UTF-8: every log
+    line, file name and engine request would fail on it). Iterative, so depth costs no recursion."""
+    stack: list[tuple[Any, str, int]] = [(document, "", 1)]  # (value, where it is, depth)
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels", code="malformed_body")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                _check_text(key, where or what)
+                stack.append((value, f"{where}.{key}" if where else key, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((value, f"{where}[{index}]", depth + 1) for index, value in enumerate(node))
+        elif isinstance(node, str):
+            _check_text(node, where or what)
+
+
+def _check_text(text: str, where: str) -> None:
+    if text.isascii():  # O(1) in CPython: the usual case, including base64 references of any size
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end].encode("utf-8", "backslashreplace").decode("ascii")
+        shown = where.encode("utf-8", "backslashreplace").decode("utf-8")[:64]
+        raise InvalidInput(
+            f"{shown}: contains a lone UTF-16 surrogate ({bad}), which is not a character; send valid Unicode",
+            code="invalid_request",
+        ) from None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
+import urllib.parse
+
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
@@ -40,7 +44,8 @@ class DefaultVoice(BaseModel):
     status_code=201,
     summary="Create a voice from a reference recording",
     dependencies=[require_admin],
-    openapi_extra=openapi_body(VoiceFields, files={"audio": "the reference recording"}, json_body=False),
+    openapi_extra=openapi_body(VoiceFields, files={"audio": "the reference recording"}, json_body=False,
+                                required_files=("audio",)),
 )
 async def create_voice(request: Request) -> Voice:
     svc = services(request)
@@ -107,7 +112,20 @@ async def get_voice(request: Request, voice_id: str) -> Voice:
 async def get_voice_audio(request: Request, voice_id: str) -> FileResponse:
     store = services(request).voices
     voice = await anyio.to_thread.run_sync(store.get, voice_id)
-    return FileResponse(store.reference_path(voice), media_type="audio/wav", filename=f"{voice.name}.wav")
+    headers = {"Content-Disposition": content_disposition(voice.name)}
+    return FileResponse(store.reference_path(voice), media_type="audio/wav", headers=headers)
+
+
+def content_disposition(stem: str, extension: str = ".wav") -> str:
+    """`attachment` with a plain ASCII file name any client can use as is, plus the UTF-8 name as RFC 6266 /
+    RFC 5987 `filename*`; a name such as `../../etc/passwd` reaches no client as a path."""
+    flat = re.sub(r"_+", "_", re.sub(r"[\\/:\x00-\x1f\x7f]|\.\.+", "_", stem)).strip(" ._") or "voice"
+    ascii_stem = unicodedata.normalize("NFKD", flat).encode("ascii", "ignore").decode("ascii")
+    ascii_stem = re.sub(r"[^A-Za-z0-9. -]+", "_", ascii_stem).strip(" ._") or "voice"
+    value = f'attachment; filename="{ascii_stem}{extension}"'
+    if flat != ascii_stem:
+        value += f"; filename*=UTF-8''{urllib.parse.quote(flat + extension, safe='')}"
+    return value
 
 
 @router.delete("/{voice_id}", status_code=204, summary="Delete a voice (its reference file stays shared)",

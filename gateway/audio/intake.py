@@ -157,7 +157,9 @@ def decode_audio(data: bytes, *, max_declared_seconds: float = 120.0) -> tuple[n
         raise InvalidInput("the audio contains no samples", code="empty_audio")
     if not np.isfinite(samples).all():  # float WAVs can carry NaN/inf; they would poison every level
         samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
-    return samples, rate
+    # float files may hold values far past full scale (1e30 squares to inf in the level measures); PCM16
+    # output clips at full scale anyway, so clip here once (found by tests/test_fuzz_intake.py)
+    return np.clip(samples, -1.0, 1.0, out=samples), rate
 
 
 def _dbfs(level: float) -> float:

@@ -24,7 +24,7 @@ class SegmentRequest(BaseModel):
     """One line to speak. `start`/`end` place it on the track; `end - start` is its target duration unless
     `target_duration` says otherwise. `source_text` is the original line's transcript (speaker references)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     text: str = Field(min_length=1, max_length=5000)
@@ -48,7 +48,7 @@ class SpeakerRequest(BaseModel):
     """How one speaker sounds when the source track does not say: a library voice or an uploaded reference
     (`reference_audio_base64` in JSON; the file field `speaker.<name>` in multipart)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     voice: str | None = Field(None, max_length=128)
     reference_audio_base64: str | None = None
@@ -59,7 +59,7 @@ class SpeakerRequest(BaseModel):
 class JobRequest(StretchFields):
     """`POST /v1/jobs`: segments (or a subtitle file) plus job-wide defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     segments: list[SegmentRequest] = Field(default_factory=list, max_length=MAX_SEGMENTS)
     subtitles: str | None = Field(None, description="an SRT, WebVTT or ASS file's text (multipart: a file)")

@@ -12,7 +12,8 @@ SplitMethod = Literal["cut0", "cut1", "cut2", "cut3", "cut4", "cut5"]
 class EngineKnobs(BaseModel):
     """Optional engine knobs; None leaves the engine's own default in force."""
 
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: "nan" fails every range check; say it must be a finite number instead of "≤ 2"
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     cut_punc: str | None = Field(None, max_length=32)
     text_split_method: SplitMethod | None = None
@@ -31,6 +32,8 @@ class EngineKnobs(BaseModel):
 class StretchFields(BaseModel):
     """How closely a clip must meet its target duration and how far it may be stretched to (services/render.py);
     per request, or job-wide for every line."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     duration_tolerance: float = Field(0.05, gt=0, le=1, description="accepted deviation, a fraction of the target")
     max_stretch: tuple[float, float] = Field(

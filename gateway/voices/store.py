@@ -46,8 +46,10 @@ log = logging.getLogger("gateway.voices")
 VOICE_ID_PREFIX = "voice_"
 MAX_NAME_LENGTH = 64
 _VOICE_ID = re.compile(r"voice_[0-9a-f]{16}")
-# Categories a name may not contain: controls (incl. tab/newline), lone surrogates, line/para separators.
-_FORBIDDEN_NAME_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# Categories a name may not contain: controls (incl. tab/newline), lone surrogates, line/para separators, and
+# format characters (Cf: zero-width spaces and joiners, bidi overrides and isolates U+202A–202E, U+2066–2069,
+# the BOM): a name that renders like another one, or reverses the text after it, misleads whoever reads a list.
+_FORBIDDEN_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _SHOWN_CHARS = 80
 
 
@@ -93,8 +95,12 @@ def normalize_voice_name(name: str) -> str:
             f"voice name must be 1–{MAX_NAME_LENGTH} characters after trimming spaces; got {len(cleaned)}",
             code="invalid_voice_name",
         )
-    if any(unicodedata.category(char) in _FORBIDDEN_NAME_CATEGORIES for char in cleaned):
-        raise InvalidInput("voice name must not contain control characters", code="invalid_voice_name")
+    bad = next((char for char in cleaned if unicodedata.category(char) in _FORBIDDEN_NAME_CATEGORIES), None)
+    if bad is not None:
+        raise InvalidInput(
+            f"voice name must not contain control, invisible or bidirectional-control characters (U+{ord(bad):04X})",
+            code="invalid_voice_name",
+        )
     if is_voice_id(cleaned.lower()):
         raise InvalidInput(
             "voice name must not look like a voice id (voice_ + 16 hex digits)", code="invalid_voice_name"
