@@ -65,3 +65,9 @@ def test_v2_text_refusal_carries_the_engines_words() -> None:
 def test_v1_any_other_4xx_is_the_requests_fault(status: int, kind: type[EngineError], verdict: str) -> None:
     error = protocol_v1.classify_error(status, b'{"code": 400, "message": "bad text"}', URL)
     assert type(error) is kind and judge(error) == verdict
+
+
+def test_an_engine_that_cannot_open_the_reference_names_no_path_to_the_client() -> None:
+    error = protocol_v2.classify_error(400, v2_body("tts failed", "/shared/refs/a.wav not exists"), URL)
+    assert "/shared/refs" not in error.message and "GATEWAY_ENGINE_SHARED_DIR" in error.message
+    assert "/shared/refs" not in str(error.extra)

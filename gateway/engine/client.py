@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -39,6 +40,8 @@ from gateway.logs import request_id_var
 from gateway.settings import ModelWeights, Settings
 
 __all__ = ["EngineStream", "VoiceCloner"]
+
+log = logging.getLogger("gateway.engine")
 
 #: Output rates that identify the loaded model version (engine-protocol §3.8); 32 kHz is v1/v2/v2Pro alike.
 _VERSION_BY_RATE = {24000: "v3", 48000: "v4"}
@@ -385,9 +388,12 @@ class VoiceCloner:
         if response.status_code == 200:
             return
         message = _control_message(body) or f"HTTP {response.status_code}"
-        text = f"engine {self.id} could not load {what} weights {params}: {message}"
+        # weight paths (admin-configured) and the engine's words about them are for the operator's log only
+        log.warning("engine %s (%s) could not load %s weights %s: %s", self.id, self.url, what, params, message)
+        status = response.status_code
+        text = f"engine {self.id} could not load the model's {what} weights (HTTP {status}; see the gateway log)"
         if 400 <= response.status_code < 500:
-            raise EngineRejected(text, engine=self.id, code="weights_rejected", engine_message=message)
+            raise EngineRejected(text, engine=self.id, code="weights_rejected")
         raise EngineBadResponse(text, engine=self.id)
 
     # ------------------------------------------------------------------ references

@@ -36,6 +36,7 @@ an engine that cannot see it is misdeployed, and cooling it sends the work to en
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -72,6 +73,8 @@ _DEFAULTS: dict[str, Any] = {
 
 _UNSUPPORTED_LANGUAGE = re.compile(r"^(text_lang|prompt_lang): (.*) is not supported in version (\S+)$")
 _REFERENCE_RANGE_MARKERS = ("3-10", "3~10")
+log = logging.getLogger("gateway.engine")
+
 _SHARED_DIR_HINT = (
     "the engine cannot open the reference file: mount the gateway's shared directory on the engine host "
     "and set GATEWAY_ENGINE_SHARED_DIR to the path the engine sees"
@@ -177,9 +180,9 @@ def classify_error(status: int, body: bytes, engine: str) -> EngineError:
 def _classify_tts_failed(exception: str, engine: str) -> EngineError:
     where = f"engine {engine}"
     if exception.endswith(" not exists"):
-        return EngineBadResponse(
-            f"{where}: {exception} — {_SHARED_DIR_HINT}", engine=engine, code="engine_cannot_read_reference"
-        )
+        # the engine's words name a path on its host: for the operator's log, never for the client
+        log.warning("%s: %s", where, exception)
+        return EngineBadResponse(f"{where}: {_SHARED_DIR_HINT}", engine=engine, code="engine_cannot_read_reference")
     if any(marker in exception for marker in _REFERENCE_RANGE_MARKERS):
         return EngineRejected(
             f"{where} rejected the reference audio: {exception} (the engine accepts 3.0–10.0 s)",
