@@ -100,6 +100,16 @@ class Settings(BaseSettings):
         200_000_000, gt=0, description="cap per file on a job (source track, subtitles, speaker references)"
     )
 
+    # --- several replicas (gateway/coord): engine slots, queue, engine state, jobs and key limits in Redis
+    redis_url: str | None = Field(
+        None, description="redis://host:6379/0 to share engines between replicas; unset: one process, no Redis"
+    )
+    redis_prefix: str = Field("sovits-gateway", description="prefix of every Redis key (one per deployment)")
+    lease_seconds: float = Field(
+        10.0, gt=0, description="engine slot lease: renewed every third of it; a dead replica's slots return after it"
+    )
+    replica_id: str = Field("", description="this replica's name in Redis and logs (default: host-pid-random)")
+
     # --- API keys and per-key limits (gateway/auth; limits: 0 = unlimited, a key's own values win)
     api_keys_file: Path | None = Field(None, description="the keys file (sovits-gateway keys add|list|revoke)")
     api_keys: SecretStr = Field(SecretStr(""), description="comma-separated raw keys: KEY (admin) or KEY:synthesize")
@@ -130,7 +140,7 @@ class Settings(BaseSettings):
             return [part for part in (p.strip() for p in value.split(",")) if part]
         return value
 
-    @field_validator("engine_shared_dir", mode="before")
+    @field_validator("engine_shared_dir", "redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

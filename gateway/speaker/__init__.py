@@ -1,0 +1,36 @@
+"""Speaker encoders behind one small interface (the `quality` extra: torch CPU, resemblyzer, ECAPA-TDNN).
+
+Without the extra, `load_encoder` returns None and everything that uses an encoder (voice embeddings,
+`min_similarity`, /v1/speaker-embedding) says so clearly instead of failing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from gateway.settings import Settings
+
+#: Every encoder takes 16 kHz mono float32 samples in [-1, 1].
+ENCODER_RATE = 16000
+
+
+class SpeakerEncoder(Protocol):
+    name: str  # "ge2e" or "ecapa": reported as `model`
+    dim: int  # 256 (GE2E) or 192 (ECAPA-TDNN)
+
+    def embed(self, samples: np.ndarray) -> np.ndarray:
+        """An L2-normalised embedding of 16 kHz mono float32 audio (blocking: call from a worker thread)."""
+        ...
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two embeddings, in [-1, 1]."""
+    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.dot(a, b) / denom) if denom else 0.0
+
+
+def load_encoder(settings: Settings) -> SpeakerEncoder | None:
+    """The configured encoder, or None when the `quality` extra is not installed (filled in by issue 14)."""
+    return None
