@@ -50,7 +50,15 @@ deploy-tools:
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q docker.io docker-compose debootstrap systemd; \
 	fi
 
-test: lint $(CHROMIUM) deploy-tools
+# tests/test_scale*.py and the Redis-backed tests start their own Debian redis-server: installed when missing
+REDIS_SERVER ?= /usr/bin/redis-server
+$(REDIS_SERVER):
+	@command -v apt-get >/dev/null 2>&1 || { echo >&2 "make test: $(REDIS_SERVER) is missing and apt-get is not \
+	available; install redis-server there (the scale-out tests start it)"; exit 1; }
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q redis-server
+
+test: lint $(CHROMIUM) $(REDIS_SERVER) deploy-tools
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 
 bench: $(VENV)/.dev-deps
