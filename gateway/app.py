@@ -18,6 +18,7 @@ from gateway.api import health, jobs, references, speech, voice_clone, voices
 from gateway.api.context import ClientDisconnected, RequestContext
 from gateway.api.openapi import install_openapi
 from gateway.auth import Auth, AuthMiddleware
+from gateway.coord.link import RedisLink
 from gateway.engine.pool import EnginePool
 from gateway.errors import install_error_handlers
 from gateway.jobs.runner import JobManager
@@ -56,7 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await anyio.to_thread.run_sync(voice_store.sweep_stale_temps)
         result_cache = ResultCache(settings.results_dir, settings.result_cache_bytes)
         await anyio.to_thread.run_sync(result_cache.load)
-        pool = EnginePool(settings, metrics)
+        # several replicas: engine slots, the queue and engine state are shared through Redis (gateway/coord)
+        link = RedisLink(settings) if settings.redis_url else None
+        pool = EnginePool(settings, metrics, link)
         await pool.start()
         app.state.services = Services(
             settings=settings,
@@ -80,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             auth.stop()
             await services.jobs.close()
             await pool.close()
+            if link is not None:
+                await link.close()
 
     # /docs and /redoc with Swagger UI and ReDoc served from the fastapi-offline package, not a CDN: GPU hosts
     # in studios often have no internet, and the stock pages are blank there

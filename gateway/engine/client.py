@@ -107,6 +107,11 @@ class VoiceCloner:
             self.info = replace(self.info, flavor=flavor, version=None)
         return flavor
 
+    def adopt(self, flavor: str, version: str | None) -> None:
+        """What another replica's probe learned about this engine (gateway/coord): no need to ask again."""
+        if self._forced_flavor is None or self._forced_flavor == flavor:
+            self.info = replace(self.info, flavor=flavor, version=version or self.info.version)
+
     async def is_available(self) -> bool:
         """/openapi.json answers 200 within connect_timeout. api_v2 answers nothing while it synthesizes,
         so callers must only ask an idle engine."""

@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_none
 from tenacity.stop import stop_base
 
+from gateway.coord.link import RedisLink
+from gateway.coord.slots import RedisSlots
 from gateway.engine.client import VoiceCloner
 from gateway.engine.health import EngineState
 from gateway.engine.probing import Prober
@@ -85,14 +87,19 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 
 class EnginePool:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, link: RedisLink | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._link = link
         self._engines: list[EngineState] = []
-        # The list is filled by start(); the slot queue and the prober see the same list object.
-        self._slots = SlotQueue(settings, self._engines, metrics)
+        # The list is filled by start(); the slot queue and the prober see the same list object. With a Redis
+        # link the slots (and probes) are leases shared with the other replicas (gateway/coord/slots.py).
+        self._slots = SlotQueue(settings, self._engines, metrics) if link is None else (
+            RedisSlots(settings, self._engines, metrics, link)
+        )
+        gate = self._slots if isinstance(self._slots, RedisSlots) else None
         self._prober = Prober(
-            self._engines, settings.probe_interval, settings.down_probe_interval, self._engine_changed
+            self._engines, settings.probe_interval, settings.down_probe_interval, self._engine_changed, gate
         )
         self._probe_task: asyncio.Task[None] | None = None
         self._cooldown_timers: dict[str, asyncio.TimerHandle] = {}
@@ -109,6 +116,7 @@ class EnginePool:
             EngineState(VoiceCloner(url, self._settings, f"e{index}"), self._settings.engine_concurrency)
             for index, url in enumerate(self._settings.engines)
         )
+        await self._slots.start()
         await self._prober.probe_all_first()
         self._probe_task = asyncio.create_task(self._prober.loop(), name="engine-probe-loop")
 
@@ -125,6 +133,7 @@ class EnginePool:
         for task in list(self._running_calls):
             task.cancel()
         await asyncio.gather(*self._running_calls, return_exceptions=True)
+        await self._slots.stop()
         await asyncio.gather(*(engine.client.aclose() for engine in self._engines))
 
     # ------------------------------------------------------------------ public API
@@ -174,8 +183,13 @@ class EnginePool:
     def status(self, *, verbose: bool = False) -> dict[str, Any]:
         """Readiness facts; engines by id, their URLs only when `verbose` (operators)."""
         now = time.monotonic()
+        shared = {}
+        if self._link is not None:  # why a replica is not ready: Redis away, or holding grants after a restart
+            hold = self._slots.hold_remaining if isinstance(self._slots, RedisSlots) else 0.0
+            shared = {"redis": {**self._link.describe(), "hold_seconds": round(hold, 3)}}
         return {
-            "ready": any(engine.selectable(now) for engine in self._engines),
+            "ready": any(engine.selectable(now) for engine in self._engines) and self._link_up(),
+            **shared,
             "queue_depth": self._slots.depth,
             "batch_queue_depth": self._slots.batch_depth,
             "max_queue": self._settings.max_queue,
@@ -184,6 +198,9 @@ class EnginePool:
             ),
             "engines": [engine.describe(now, verbose=verbose) for engine in self._engines],
         }
+
+    def _link_up(self) -> bool:
+        return self._link is None or self._link.up
 
     def supported_languages(self) -> frozenset[str] | None:
         """The union over the engines' versions (the gateway's up-front 422). None (no up-front check) when
@@ -354,6 +371,7 @@ class EnginePool:
         if wanted is None or engine.matches(wanted):
             return
         engine.weights_known = False  # until the switch has fully succeeded
+        await self._slots.switching_weights(engine)
         await engine.client.load_weights(wanted, timeout=deadline - time.monotonic())
         engine.switched_to(wanted)
 

@@ -10,6 +10,9 @@ Each engine has at most one probe in flight, shared by the loop and every reques
 requests probe a down engine at most once per REVIVE_GAP, however many ask (independent of
 `down_probe_interval`, so a deployment that probes down engines rarely still serves its first request).
 
+With several replicas (gateway/coord), a `gate` makes a probe take a lease like a request, so it never
+lands on an engine that another replica is using, and at most one replica probes an engine per interval.
+
 Logs: state changes only (down, up with flavour and version); a down engine's failing probes are debug.
 """
 
@@ -20,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from typing import Protocol
 
 from gateway.engine.health import EngineState
 from gateway.errors import EngineError
@@ -31,6 +35,17 @@ log = logging.getLogger("gateway.engine.pool")
 REVIVE_GAP = 0.2
 
 
+class ProbeGate(Protocol):
+    """Shares probes between replicas: a probe lease (None: busy elsewhere or probed lately; the engine's
+    shared state has been taken in instead), and the probe's outcome for everyone."""
+
+    async def claim_probe(self, engine: EngineState, *, force: bool) -> str | None: ...
+
+    async def probe_done(
+        self, engine: EngineState, token: str, *, healthy: bool, recovered: bool, reason: str
+    ) -> None: ...
+
+
 class Prober:
     """Runs probes for the pool; `changed(engine)` is called after each probe (publish + dispatch)."""
 
@@ -40,8 +55,10 @@ class Prober:
         interval: float,
         down_interval: float,
         changed: Callable[[EngineState], None],
+        gate: ProbeGate | None = None,
     ) -> None:
         self._engines = engines
+        self._gate = gate
         self._interval = interval
         self._down_interval = down_interval
         self._changed = changed
@@ -138,12 +155,16 @@ class Prober:
             engine.probing = False
             self._changed(engine)
             return
+        token = await self._claim(engine, first_contact)
+        if token == "":
+            return
         client = engine.client
         was_flavor = client.info.flavor
+        was_down = engine.down
         reason = "does not answer GET /openapi.json; is the engine process running?"
         try:
             healthy = await client.is_available()
-            if healthy and engine.down:
+            if healthy and (engine.down or client.info.flavor == "unknown"):
                 await client.detect_flavor()  # it may have come back as another server
                 if client.info.flavor == "v2":
                     await client.probe_version()
@@ -168,4 +189,29 @@ class Prober:
             else:
                 log.debug("engine %s is still down: %s", engine.label, reason)
             engine.probe_failed(reason)
+        if token is not None:
+            await self._shared(engine, token, healthy=healthy, recovered=healthy and was_down, reason=reason)
         self._changed(engine)
+
+    async def _claim(self, engine: EngineState, first_contact: bool) -> str | None:
+        """The gate's probe lease: None without a gate, "" when this replica must not probe now."""
+        if self._gate is None:
+            return None
+        try:
+            token = await self._gate.claim_probe(engine, force=first_contact)
+        except EngineError as exc:  # Redis down: nothing to probe for (requests get 503 anyway)
+            log.debug("engine %s probe not claimed: %s", engine.label, exc)
+            token = None
+        if token is None:
+            engine.probing = False
+            engine.last_probe = time.monotonic()
+            self._changed(engine)
+            return ""
+        return token
+
+    async def _shared(self, engine: EngineState, token: str, *, healthy: bool, recovered: bool, reason: str) -> None:
+        assert self._gate is not None
+        try:
+            await self._gate.probe_done(engine, token, healthy=healthy, recovered=recovered, reason=reason)
+        except EngineError as exc:  # the probe lease expires on its own
+            log.debug("engine %s probe result not shared: %s", engine.label, exc)

@@ -40,7 +40,7 @@ Fits = Callable[[EngineState], bool]
 Priority = Literal["interactive", "batch"]
 
 
-def _any_engine(engine: EngineState) -> bool:
+def any_engine(engine: EngineState) -> bool:
     return True
 
 
@@ -85,7 +85,7 @@ class _Waiter:
     tried: frozenset[str]
     give_up_at: float
     future: asyncio.Future[EngineState]
-    fits: Fits = _any_engine
+    fits: Fits = any_engine
 
 
 class SlotQueue:
@@ -110,6 +110,15 @@ class SlotQueue:
     def batch_depth(self) -> int:
         return len(self._batch)
 
+    async def start(self) -> None:
+        """Nothing to set up in-process (RedisSlots connects and starts its loops)."""
+
+    async def stop(self) -> None:
+        """Nothing to flush in-process (RedisSlots sends the last releases)."""
+
+    async def switching_weights(self, engine: EngineState) -> None:
+        """Nothing to tell in-process: the engine's state lives here (RedisSlots shares it)."""
+
     def record_engine_seconds(self, seconds: float) -> None:
         previous = self._engine_seconds_ewma
         self._engine_seconds_ewma = seconds if previous is None else previous + _EWMA_ALPHA * (seconds - previous)
@@ -125,7 +134,7 @@ class SlotQueue:
         deadline: float,
         *,
         retry: bool,
-        fits: Fits = _any_engine,
+        fits: Fits = any_engine,
         priority: Priority = "interactive",
     ) -> tuple[EngineState, float]:
         """Take a slot now or wait in the queue; returns the engine and the seconds waited.
@@ -259,7 +268,7 @@ class SlotQueue:
                     waiter.future.set_exception(self.no_engine_error(now))
 
     def _pick(
-        self, weights: ModelWeights | None, tried: frozenset[str], now: float, fits: Fits = _any_engine
+        self, weights: ModelWeights | None, tried: frozenset[str], now: float, fits: Fits = any_engine
     ) -> EngineState | None:
         healthy = [engine for engine in self._engines if engine.selectable(now) and fits(engine)]
         untried = [engine for engine in healthy if engine.url not in tried]
@@ -287,8 +296,8 @@ class SlotQueue:
 
     def _queue_changed(self) -> None:
         if self._metrics is not None:
-            self._metrics.queue_depth.set(len(self._waiters))
-            self._metrics.batch_queue_depth.set(len(self._batch))
+            self._metrics.queue_depth.set(self.depth)
+            self._metrics.batch_queue_depth.set(self.batch_depth)
 
     def _observe_wait(self, seconds: float) -> None:
         if self._metrics is not None:
