@@ -61,6 +61,7 @@ class RedisSlots(SlotQueue):
         self._script = link.client.register_script(_SCRIPT)
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._queued: set[str] = set()  # waiters whose enqueue has returned: in Redis unless it lost them
         self._held: dict[str, list[str]] = {}  # engine URL → lease tokens this replica holds
         self._depths: tuple[int, int] = (0, 0)
         self._ids = itertools.count()
@@ -139,10 +140,15 @@ class RedisSlots(SlotQueue):
                 raise self.no_engine_error(time.monotonic())
             if "granted" in answer:
                 self._resolve(answer["granted"])
+            self._queued.add(waiter)
             async with asyncio.timeout(budget):
                 grant = await future
         except BaseException as exc:
             self._pending.pop(waiter, None)
+            self._queued.discard(waiter)
+            if future.done() and not future.cancelled():
+                future.exception()  # seen: _fail_pending may have set this very error on it
+            future.cancel()
             if not isinstance(exc, QueueFull):  # gave up: a slot granted meanwhile goes back
                 self._spawn(self._call("leave", waiter))
             if isinstance(exc, TimeoutError):
@@ -153,6 +159,7 @@ class RedisSlots(SlotQueue):
                 ) from None
             raise
         self._pending.pop(waiter, None)
+        self._queued.discard(waiter)
         engine = self._taken(grant)
         waited = time.monotonic() - started
         self._observe_wait(waited)
@@ -276,7 +283,7 @@ class RedisSlots(SlotQueue):
         engines registered, and grants or losses of its waiters that pub/sub did not deliver are applied."""
         held = "\n".join(f"{url}\n{token}" for url, tokens in self._held.items() for token in tokens)
         engines = "\n".join(f"{engine.url}\n{engine.concurrency}" for engine in self._engines)
-        answer = await self._raw("renew", self._link.replica, held, "\n".join(self._pending), engines)
+        answer = await self._raw("renew", self._link.replica, held, "\n".join(self._queued), engines)
         for grant in _items(answer.get("resolved")):
             self._resolve(grant)
         for waiter in _items(answer.get("lost")):
