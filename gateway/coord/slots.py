@@ -66,6 +66,7 @@ class RedisSlots(SlotQueue):
         self._depths: tuple[int, int] = (0, 0)
         self._ids = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._releasing: set[asyncio.Task[Any]] = set()  # sent before this replica's next enqueue
         self._loops: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()
         self.hold_remaining = 0.0
@@ -120,6 +121,8 @@ class RedisSlots(SlotQueue):
         if self.closed:
             raise EngineUnavailable("the engine pool is closed")
         started = time.monotonic()
+        if self._releasing:  # a slot this replica just freed goes to the queue first, not to a waiter later
+            await asyncio.wait(set(self._releasing))
         budget = max(0.0, min(self._settings.max_queue_wait, deadline - started))
         waiter = f"{self._link.replica}:{next(self._ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -174,10 +177,12 @@ class RedisSlots(SlotQueue):
         token = tokens.pop()
         now = time.monotonic()
         weights = engine.weights or ModelWeights()
-        self._spawn(self._call(
+        task = self._spawn(self._call(
             "release", engine.url, token, int(engine.down), int(engine.cooldown_remaining(now) * 1000),
             engine.last_error or "", 1, int(engine.weights_known), weights.gpt or "", weights.sovits or "",
         ))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     def dispatch(self) -> None:
         if not self.closed:
@@ -270,11 +275,12 @@ class RedisSlots(SlotQueue):
             if not future.done():
                 future.set_exception(error)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return task
 
     # ------------------------------------------------------------------ background loops
 
