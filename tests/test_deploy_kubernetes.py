@@ -218,7 +218,8 @@ def test_gateway_engines_are_the_engine_pods(rendered: Rendered) -> None:
     gateway = rendered.one("Deployment", GATEWAY)
     engines = rendered.one("StatefulSet", ENGINE)
     svc = rendered.one("Service", engines["spec"]["serviceName"])
-    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"].get("clusterIP") == "None", "headless: one DNS name per engine pod"
+    assert svc["spec"].get("publishNotReadyAddresses") is True, "busy engines fail readiness: keep their names"
     assert selects(engines["spec"]["selector"], pod_labels(engines))
     names = []
     for url in env_value(gateway, "GATEWAY_ENGINES").split(","):
@@ -249,7 +250,8 @@ def test_engines_run_what_compose_runs(rendered: Rendered) -> None:
         compose = _compose_engine("engine-0")
         assert (command, engine["workingDir"]) == (compose["command"], compose["working_dir"])
         assert engine["image"] == compose["image"]
-        assert resources["limits"]["nvidia.com/gpu"] == 1 and resources["requests"]["nvidia.com/gpu"] == 1
+        gpus = [resources.get(kind, {}).get("nvidia.com/gpu") for kind in ("requests", "limits")]
+        assert gpus == [1, 1], "one GPU per engine"
         config = next(m for m in engine["volumeMounts"] if m["name"] == "engine-config")  # api_v2 rewrites it
         assert Path(engine["workingDir"], flag(command, "-c")).parent == Path(config["mountPath"])
     else:
@@ -302,7 +304,8 @@ def test_only_gateway_pods_reach_engines_and_redis(rendered: Rendered, target: s
             for peer in rule["from"]:
                 assert set(peer) == {"podSelector"}, f"{peer}: no namespaceSelector or ipBlock"
                 assert selects(peer["podSelector"], gateway_labels)
-                assert not any(selects(peer["podSelector"], pod_labels(other)) for other in others)
+                admitted = [o["metadata"]["name"] for o in others if selects(peer["podSelector"], pod_labels(o))]
+                assert not admitted, f"{policy['metadata']['name']} also admits {admitted}"
             assert [(p.get("protocol", "TCP"), p["port"]) for p in rule.get("ports", [])] == [("TCP", port)]
 
 
