@@ -165,10 +165,11 @@ def test_kustomizations_list_every_file() -> None:
     for directory in _kustomize_dirs():
         kustomization = _kustomization(directory)
         listed = [*kustomization.get("resources", []), *(p["path"] for p in kustomization.get("patches", []))]
-        files = {p.name for p in directory.glob("*.yaml")} - {"kustomization.yaml"}
+        files = {p.name for p in directory.glob("*.y*ml")} - {"kustomization.yaml"}
         assert {entry for entry in listed if (directory / entry).is_file()} == files, directory
         for entry in listed:
             assert (directory / entry).exists(), f"{directory}: {entry} does not exist"
+    assert set(_kustomize_dirs()) == {*VARIANTS.values(), KUBE / "base"}, "a new overlay: add it to VARIANTS"
     assert _kustomization(KUBE)["resources"] == ["base"]
     assert "../base" in _kustomization(KUBE / "cpu")["resources"]
 
