@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import redis.asyncio as aioredis
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
+from redis.exceptions import RedisError
 
 from gateway.audio.intake import PreparedReference, store_reference
 from gateway.audio.wav import pcm16_wav
@@ -183,6 +185,33 @@ async def _check_reads(
     return Check(name, "pass", f"loaded {engine_path} via {how} in {_ms(seconds)}", seconds, facts)
 
 
+async def check_redis(settings: Settings, timeout: float) -> Check:
+    """With GATEWAY_REDIS_URL: Redis answers, runs scripts (the slot script needs EVAL), and its version."""
+    started = time.perf_counter()
+    client = aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=timeout, socket_connect_timeout=timeout,
+                                     decode_responses=True)
+    try:
+        await client.ping()
+        version = (await client.info("server")).get("redis_version", "?")
+        await client.eval("return redis.call('TIME')", 0)
+    except RedisError as exc:
+        return Check("redis", "fail", f"{_without_password(str(settings.redis_url))} does not answer: {exc}")
+    finally:
+        await client.aclose()
+    seconds = time.perf_counter() - started
+    return Check("redis", "pass", f"{_without_password(str(settings.redis_url))}: Redis {version}, scripts run, "
+                 f"prefix {settings.redis_prefix!r} ({_ms(seconds)})", seconds)
+
+
+def _without_password(url: str) -> str:
+    """redis://user:secret@host → redis://user:***@host: the report may land in a ticket."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
 # ---------------------------------------------------------------------------------------------- running
 
 
@@ -196,7 +225,8 @@ async def run_checks(make_settings: Callable[[], Settings], timeout: float) -> l
     per_engine = await asyncio.gather(
         *(check_engine(i, url, settings, probe, timeout) for i, url in enumerate(settings.engines))
     )
-    return [parsed, shared, written, *(check for checks in per_engine for check in checks)]
+    coordination = [await check_redis(settings, timeout)] if settings.redis_url else []
+    return [parsed, shared, written, *coordination, *(check for checks in per_engine for check in checks)]
 
 
 def render(checks: list[Check]) -> str:

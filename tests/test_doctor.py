@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_support import running_redis
 from tests.support import REPO_ROOT, EngineProcess, decode_wav, free_port, running_engine
 
 
@@ -35,7 +36,7 @@ def lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
     """`{"e0 reads refs": "✗ e0 reads refs  the engine cannot ..."}`: each check's whole line by name."""
     found = {}
     for line in result.stdout.splitlines():
-        for name in ("settings", "shared dir", "probe reference", "e0 engine", "e0 reads refs", "e1 engine",
+        for name in ("settings", "shared dir", "probe reference", "redis", "e0 engine", "e0 reads refs", "e1 engine",
                      "e1 reads refs"):
             if line[2:].startswith(name + " "):
                 found[name] = line
@@ -125,3 +126,19 @@ def test_settings_that_do_not_parse_are_named_by_their_variable(tmp_path: Path) 
     assert "GATEWAY_PORT: Input should be a valid integer" in line and "(got 'eighty')" in line
     assert "GATEWAY_MAX_ATTEMPTS: Input should be greater than or equal to 1" in line
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_with_redis_configured_it_checks_that_redis_answers_and_runs_scripts(
+    engine_v2: EngineProcess, tmp_path: Path
+) -> None:
+    with running_redis() as redis:
+        result = check(GATEWAY_ENGINES=engine_v2.url, GATEWAY_SHARED_DIR=str(tmp_path), GATEWAY_REDIS_URL=redis.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = lines(result)["redis"]
+    assert line.startswith("✓") and "Redis 7." in line and "scripts run" in line, line
+    gone = f"redis://user:s3cret@127.0.0.1:{free_port()}/0"
+    result = check(GATEWAY_ENGINES=engine_v2.url, GATEWAY_SHARED_DIR=str(tmp_path), GATEWAY_REDIS_URL=gone)
+    assert result.returncode == 1
+    line = lines(result)["redis"]
+    assert line.startswith("✗") and "does not answer" in line and "user:***@" in line, line
+    assert "s3cret" not in result.stdout

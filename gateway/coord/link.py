@@ -92,8 +92,10 @@ class RedisLink:
             return False
         return True
 
-    def describe(self) -> dict[str, Any]:
-        return {"up": self.up, "replica": self.replica, "last_error": None if self.up else self.last_error}
+    def describe(self, *, verbose: bool = False) -> dict[str, Any]:
+        """For /readyz: the error names Redis's address only when `verbose` (an admin asked), like engine URLs."""
+        error = None if self.up else (self.last_error if verbose else "Redis does not answer")
+        return {"up": self.up, "replica": self.replica, "last_error": error}
 
     async def close(self) -> None:
         await self.client.aclose()

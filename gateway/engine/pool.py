@@ -186,7 +186,7 @@ class EnginePool:
         shared = {}
         if self._link is not None:  # why a replica is not ready: Redis away, or holding grants after a restart
             hold = self._slots.hold_remaining if isinstance(self._slots, RedisSlots) else 0.0
-            shared = {"redis": {**self._link.describe(), "hold_seconds": round(hold, 3)}}
+            shared = {"redis": {**self._link.describe(verbose=verbose), "hold_seconds": round(hold, 3)}}
         return {
             "ready": any(engine.selectable(now) for engine in self._engines) and self._link_up(),
             **shared,
