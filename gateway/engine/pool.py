@@ -29,8 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_none
-from tenacity.stop import stop_base
+from tenacity import AsyncRetrying, retry_if_exception, wait_none
 
 from gateway.coord.link import RedisLink
 from gateway.coord.slots import RedisSlots
@@ -38,11 +37,12 @@ from gateway.engine.client import VoiceCloner
 from gateway.engine.health import EngineState
 from gateway.engine.probing import Prober
 from gateway.engine.selection import (
+    AttemptsSpent,
     Priority,
     SlotQueue,
-    attempts_spent,
     capability_filter,
     no_capable_engine_message,
+    outcome_label,
     worth_retrying,
 )
 from gateway.engine.stream import EngineStream, stop_grace_for
@@ -58,26 +58,6 @@ T = TypeVar("T")
 _OPEN_ABANDON_GRACE = 1.0
 
 log = logging.getLogger("gateway.engine.pool")
-
-
-class _AttemptsSpent(stop_base):
-    """Stop retrying after `max_attempts` attempts or once the request's deadline has passed."""
-
-    def __init__(self, max_attempts: int, deadline: float) -> None:
-        self.max_attempts = max_attempts
-        self.deadline = deadline
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return attempts_spent(retry_state.attempt_number, self.max_attempts, time.monotonic(), self.deadline)
-
-
-def _outcome(error: BaseException | None) -> str:
-    """Metric label: ok, the engine error's code, cancelled (caller gone), or error (a bug of ours)."""
-    if error is None:
-        return "ok"
-    if isinstance(error, EngineError):
-        return error.code
-    return "cancelled" if isinstance(error, asyncio.CancelledError) else "error"
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -176,7 +156,7 @@ class EnginePool:
                     seconds = time.monotonic() - opened if stream.finished else None
                     self._finish(engine, stream.error, seconds)
             else:  # left early (consumer gone or failed, caller's deadline): nothing about the engine
-                outcome = _outcome(stream.error or error) if (stream.error or error) else "cancelled"
+                outcome = outcome_label(stream.error or error) if (stream.error or error) else "cancelled"
                 grace = stream.stop_grace(slowest)
                 self._detach(self._drain_and_release(engine, stack, grace, outcome))
 
@@ -251,7 +231,7 @@ class EnginePool:
             return worth_retrying(exc, untried_left=untried_left)
 
         retrying = AsyncRetrying(
-            stop=_AttemptsSpent(self._settings.max_attempts, deadline),
+            stop=AttemptsSpent(self._settings.max_attempts, deadline),
             retry=retry_if_exception(retry),
             wait=wait_none(),
             reraise=True,
@@ -345,7 +325,7 @@ class EnginePool:
                 # the engine is still on its first chunk, however far it got: as long as a slow chunk, at least
                 slowest = self._slowest_chunk_wait.get(engine.url, 0.0)
                 grace = max(_OPEN_ABANDON_GRACE, stop_grace_for(slowest, attempt_deadline - time.monotonic()))
-                self._detach(self._drain_and_release(engine, stack, grace, _outcome(exc)))
+                self._detach(self._drain_and_release(engine, stack, grace, outcome_label(exc)))
             raise
         return stack, stream
 
@@ -391,7 +371,7 @@ class EnginePool:
         if error is None and seconds is not None:
             self._slots.record_engine_seconds(seconds)
         if self._metrics is not None:
-            self._metrics.engine_attempts.labels(engine=engine.url, outcome=outcome or _outcome(error)).inc()
+            self._metrics.engine_attempts.labels(engine=engine.url, outcome=outcome or outcome_label(error)).inc()
             if seconds is not None:
                 self._metrics.engine_seconds.labels(engine=engine.url).observe(seconds)
         self._publish(engine)

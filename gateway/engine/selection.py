@@ -24,6 +24,9 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Literal
 
+from tenacity import RetryCallState
+from tenacity.stop import stop_base
+
 from gateway.engine.health import EngineState
 from gateway.engine.types import SynthesisRequest
 from gateway.errors import EngineError, EngineUnavailable, QueueFull
@@ -68,6 +71,26 @@ def worth_retrying(error: BaseException, *, untried_left: bool) -> bool:
 def attempts_spent(attempts: int, max_attempts: int, now: float, deadline: float) -> bool:
     """Stop after `max_attempts` attempts, or once the request's deadline has passed."""
     return attempts >= max_attempts or now >= deadline
+
+
+class AttemptsSpent(stop_base):
+    """Stop retrying after `max_attempts` attempts or once the request's deadline has passed."""
+
+    def __init__(self, max_attempts: int, deadline: float) -> None:
+        self.max_attempts = max_attempts
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return attempts_spent(retry_state.attempt_number, self.max_attempts, time.monotonic(), self.deadline)
+
+
+def outcome_label(error: BaseException | None) -> str:
+    """Metric label: ok, the engine error's code, cancelled (caller gone), or error (a bug of ours)."""
+    if error is None:
+        return "ok"
+    if isinstance(error, EngineError):
+        return error.code
+    return "cancelled" if isinstance(error, asyncio.CancelledError) else "error"
 
 
 def no_capable_engine_message(req: SynthesisRequest, engines: Sequence[EngineState]) -> str:
