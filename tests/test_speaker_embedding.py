@@ -20,6 +20,8 @@ import pytest
 import soundfile as sf
 
 from gateway.settings import Settings
+from gateway.speaker import load_encoder
+from gateway.voices.embeddings import VoiceEmbeddings
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
 from tests.support import REPO_ROOT, EngineProcess, assert_error, running_engine, speech_like_signal
 
@@ -60,6 +62,26 @@ def engine() -> Iterator[EngineProcess]:
 def gateway(engine: EngineProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     with running_gateway(fast_settings(tmp_path_factory.mktemp("shared"), [engine.url])) as gw:
         yield gw
+
+
+def golden_clip() -> np.ndarray:
+    """3.5 s of quiet speech-like sound, 1 s of silence, the same again, at 16 kHz: exercises Resemblyzer's
+    volume normalisation and its silence trimming as well as the network."""
+    rate = 16000
+    t = np.arange(int(3.5 * rate)) / rate
+    phase = 2 * np.pi * np.cumsum(110.0 * (1 + 0.03 * np.sin(2 * np.pi * 3 * t))) / rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 40) if k * 110 < 6000)
+    speech = (voiced * np.clip(np.sin(np.pi * 3 * t), 0, None) ** 0.5).astype(np.float32)
+    speech = 0.05 * speech / np.abs(speech).max()
+    return np.concatenate([speech, np.zeros(rate, np.float32), speech]).astype(np.float32)
+
+
+def test_ge2e_matches_resemblyzer(tmp_path: Path) -> None:
+    """The front end is ours (Resemblyzer's would import librosa): it must give Resemblyzer's own embedding."""
+    golden = json.loads((Path(__file__).parent / "resemblyzer_golden.json").read_text())["embedding"]
+    encoder = load_encoder(fast_settings(tmp_path, ["http://127.0.0.1:9"]))
+    assert encoder is not None and encoder.name == "ge2e"
+    assert float(np.dot(encoder.embed(golden_clip()), golden)) > 0.9999
 
 
 def test_ge2e_embedding_of_an_upload(gateway: GatewayServer) -> None:
@@ -196,6 +218,23 @@ def test_ecapa_from_a_model_directory(engine: EngineProcess, tmp_path: Path) -> 
         assert float(a @ other) < 0.9999  # random weights: only "not the same input" is meaningful
         seed = embed_json(gw.url, {"wav": voice(120.0, rate=16000).tolist(), "sr": 16000}, path="/inference/")
         assert vector(seed, "embed").shape == (192,)
+        # voices keep the ECAPA embedding under its own name, of the size the encoder reports
+        created = httpx.post(f"{gw.url}/v1/voices", data={"name": "Ecapa voice"}, files={"audio": ("r.wav", low)},
+                             timeout=60)
+        assert created.status_code == 201, created.text
+        stored = VoiceEmbeddings(settings.voices_dir).load(created.json()["id"], "ecapa", 192)
+        assert stored is not None and np.linalg.norm(stored) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(("encoder_name", "dim"), [("ge2e", 256), ("ecapa", 192)])
+def test_load_encoder_reports_what_it_embeds(tmp_path: Path, encoder_name: str, dim: int) -> None:
+    model_dir = tmp_path / "ecapa"
+    save_random_ecapa(model_dir)
+    settings = fast_settings(tmp_path, ["http://127.0.0.1:9"], speaker_encoder=encoder_name,
+                             speaker_model_dir=model_dir)
+    encoder = load_encoder(settings)
+    assert encoder is not None and encoder.name == encoder_name and encoder.dim == dim
+    assert encoder.embed(voice(120.0, rate=16000)).shape == (dim,)
 
 
 def test_ecapa_state_dict_uses_speechbrains_names() -> None:

@@ -36,8 +36,8 @@ def reference(tmp_path: Path, f0: float, seconds: float = 4.0, rate: int = 32000
 
 
 def create(url: str, audio: bytes, name: str) -> dict[str, object]:
-    response = httpx.post(f"{url}/v1/voices", data={"name": name, "prompt_text": "Hello there.", "prompt_language": "en"},
-                          files={"audio": ("ref.wav", audio)}, timeout=60)
+    fields = {"name": name, "prompt_text": "Hello there.", "prompt_language": "en"}
+    response = httpx.post(f"{url}/v1/voices", data=fields, files={"audio": ("ref.wav", audio)}, timeout=60)
     assert response.status_code == 201, response.text
     body: dict[str, object] = response.json()
     return body

@@ -32,16 +32,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / denom) if denom else 0.0
 
 
-def _importable(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # ValueError: blocked with sys.modules[name] = None
-        return False
-
-
 def extra_installed() -> bool:
     """torch and webrtcvad importable (the `quality` extra), found without importing them."""
-    return _importable("torch") and _importable("webrtcvad")
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "webrtcvad"))
 
 
 def load_encoder(settings: Settings) -> SpeakerEncoder | None:
