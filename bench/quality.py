@@ -2,7 +2,8 @@
 per measurement.
 
 Embedding time: seconds of CPU (process time: every torch thread counts) and of wall clock per second of audio,
-for each encoder, on speech-like clips of a few lengths, median of N runs after a warm-up. GE2E runs with
+for each encoder, on speech-like clips of a few lengths, with one torch thread (as the gateway runs them) and
+with torch's default, median of N runs after a warm-up. GE2E runs with
 Resemblyzer's shipped weights; ECAPA-TDNN with SpeechBrain's spkrec-ecapa-voxceleb layout (1024 channels,
 192-d) and random weights, which cost the same as trained ones. Needs the `quality` extra.
 Usage: python -m bench.quality [-n 7]
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -71,21 +73,27 @@ def embedding_time(encoder: SpeakerEncoder, seconds: float, runs: int) -> tuple[
 
 
 def embedding_time_section(runs: int) -> str:
+    """One row per encoder, clip length and torch thread count (the gateway embeds on one: gateway/speaker)."""
     import torch
 
+    threads = sorted({1, torch.get_num_threads()})
     lines = [
         "## Embedding time per second of audio",
         "",
-        f"median of {runs} runs, torch {torch.__version__} on {torch.get_num_threads()} threads",
+        f"median of {runs} runs, torch {torch.__version__}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} at the start",
         "",
-        "| encoder | dim | load s | clip s | CPU s per audio s | wall s per audio s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| encoder | dim | load s | torch threads | clip s | CPU s per audio s | wall s per audio s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as workdir:
         for name, (encoder, load_seconds) in load_encoders(Path(workdir)).items():
-            for seconds in CLIP_SECONDS:
-                cpu, wall = embedding_time(encoder, seconds, runs)
-                lines.append(f"| {name} | {encoder.dim} | {load_seconds:.2f} | {seconds:g} | {cpu:.4f} | {wall:.4f} |")
+            for count in threads:
+                torch.set_num_threads(count)
+                for seconds in CLIP_SECONDS:
+                    cpu, wall = embedding_time(encoder, seconds, runs)
+                    lines.append(f"| {name} | {encoder.dim} | {load_seconds:.2f} | {count} | {seconds:g} | "
+                                 f"{cpu:.4f} | {wall:.4f} |")
     return "\n".join(lines)
 
 

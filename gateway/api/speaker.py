@@ -2,7 +2,9 @@
 
 Audio arrives as a file (multipart `audio`), as base64 (`audio_base64`, like `reference_audio_base64`
 elsewhere), or as seed 001's samples `{"wav": [floats], "sr": int}` (a librosa array turned into a list);
-either way it is resampled to 16 kHz mono and embedded by the configured encoder (gateway/speaker).
+either way it is resampled to 16 kHz mono and embedded by the configured encoder (gateway/speaker). Samples
+are validated and converted in a worker thread: a minute of them costs ~90 ms of pydantic and numpy, which the
+event loop must not spend.
 """
 
 from __future__ import annotations
@@ -103,18 +105,19 @@ async def _read_audio(request: Request, svc: Services) -> tuple[np.ndarray, int]
             raise InvalidInput("send the audio as the 'audio' file field (or JSON with audio_base64, or wav and sr)",
                                code="missing_audio")
         return await _decoded(svc, form.files["audio"].data)
-    body = parse_params(EmbeddingJson, await read_json(request, max_bytes=limit * 4 // 3 + 1_000_000))
+    fields = await read_json(request, max_bytes=limit * 4 // 3 + 1_000_000)
+    body = await anyio.to_thread.run_sync(parse_params, EmbeddingJson, fields)  # a minute of samples: ~30 ms
     if body.audio_base64 is not None and (body.wav is not None or body.sr is not None):
         raise InvalidInput("send either audio_base64 or wav and sr, not both", code="invalid_request")
     if body.audio_base64 is not None:
         return await _decoded(svc, decode_base64_reference(body.audio_base64, limit, field="audio_base64"))
     if body.wav is None or body.sr is None:
         raise InvalidInput("send audio_base64, or wav (samples) with sr (their sample rate)", code="missing_audio")
-    return samples_from_list(body.wav, body.sr), body.sr
+    return await anyio.to_thread.run_sync(samples_from_list, body.wav, body.sr), body.sr
 
 
 async def _embed(svc: Services, samples: np.ndarray, rate: int) -> Embedding:
-    check_audible(samples, rate)
+    await anyio.to_thread.run_sync(check_audible, samples, rate)  # up to 11 M samples (60 s at 192 kHz)
     return await svc.speakers.embed(samples, rate)
 
 
@@ -151,6 +154,8 @@ async def speaker_embedding(request: Request) -> SpeakerEmbedding:
 async def inference(request: Request) -> EncoderAnswer:
     svc = services(request)
     await svc.speakers.require()
-    body = parse_params(Samples, await read_json(request, max_bytes=svc.settings.max_upload_bytes * 4 // 3 + 1_000_000))
-    result = await _embed(svc, samples_from_list(body.wav, body.sr), body.sr)
+    fields = await read_json(request, max_bytes=svc.settings.max_upload_bytes * 4 // 3 + 1_000_000)
+    body = await anyio.to_thread.run_sync(parse_params, Samples, fields)
+    samples = await anyio.to_thread.run_sync(samples_from_list, body.wav, body.sr)
+    result = await _embed(svc, samples, body.sr)
     return EncoderAnswer(embed=result.vector.tolist())

@@ -1,13 +1,14 @@
 """Speaker embeddings as the routes and the voice library use them.
 
-One encoder per process, loaded on first use (importing torch costs ~2 s and ~300 MB: a gateway that never
-embeds never pays it), and one embed at a time in a worker thread: torch already spreads one forward pass over
-every core, so running two at once would only split them, and the event loop never waits on either.
+One encoder per process, loaded on first use (importing torch and GE2E costs ~2 s and ~210 MB: a gateway that
+never embeds never pays it). Embeds run in worker threads, each on one torch thread, at most one per two cores
+side by side: the event loop never waits on them and keeps a core for itself.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import anyio
@@ -69,7 +70,7 @@ class Speakers:
         self._loaded = False
         self._failure: str | None = None
         self._lock = anyio.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
+        self._limiter = anyio.CapacityLimiter(max(1, (os.cpu_count() or 2) // 2))
 
     async def encoder(self) -> SpeakerEncoder | None:
         """The encoder; None without the `quality` extra. A load failure is kept: the operator fixes the model
@@ -102,7 +103,7 @@ class Speakers:
         return encoder
 
     async def embed(self, samples: np.ndarray, rate: int, encoder: SpeakerEncoder | None = None) -> Embedding:
-        """Resample and embed off the event loop, one embed at a time."""
+        """Resample and embed off the event loop, at most one embed per two cores at a time."""
         encoder = encoder or await self.require()
         chosen = encoder
 

@@ -45,6 +45,12 @@ def load_encoder(settings: Settings) -> SpeakerEncoder | None:
     """
     if not extra_installed():
         return None
+    import torch
+
+    # one thread per embed: on a busy host torch's OpenMP workers spin-wait for each other, and two threads cost
+    # 4-5x the CPU of one for the same embedding, slower even in wall time (bench/quality.py); parallelism
+    # comes from running embeds side by side instead (gateway/services/speaker.py)
+    torch.set_num_threads(1)
     if settings.speaker_encoder == "ecapa":
         from gateway.speaker.ecapa import ECAPAEncoder
 
