@@ -15,14 +15,17 @@ $(VENV)/.run-deps: pyproject.toml
 	$(PIP) install -q -e '.[cpu-engine]'
 	touch $@
 
+# the tests also cover speaker embeddings: the `quality` extra, plus resemblyzer (its weights) without its deps
 $(VENV)/.dev-deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -e '.[cpu-engine,dev]'
+	$(PIP) install -q -e '.[cpu-engine,dev,quality]'
+	$(PIP) install -q --no-deps 'resemblyzer==0.1.4'
 	touch $@ $(VENV)/.run-deps
 
 $(VENV)/.mutate-deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -e '.[cpu-engine,dev,mutate]'
+	$(PIP) install -q -e '.[cpu-engine,dev,quality,mutate]'
+	$(PIP) install -q --no-deps 'resemblyzer==0.1.4'
 	touch $@ $(VENV)/.dev-deps $(VENV)/.run-deps
 
 run: $(VENV)/.run-deps

@@ -14,7 +14,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
 from gateway import __version__
-from gateway.api import health, jobs, references, speech, voice_clone, voices
+from gateway.api import health, jobs, references, speaker, speech, voice_clone, voices
 from gateway.api.context import ClientDisconnected, RequestContext
 from gateway.api.openapi import install_openapi
 from gateway.auth import Auth, AuthMiddleware
@@ -28,6 +28,7 @@ from gateway.metrics import Metrics
 from gateway.services.context import Services
 from gateway.services.reference_cache import ReferenceCache
 from gateway.services.result_cache import ResultCache
+from gateway.services.speaker import Speakers
 from gateway.services.speaking_rate import SpeakingRates
 from gateway.settings import Settings
 from gateway.voices.store import VoiceStore
@@ -70,8 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reference_cache=ReferenceCache(settings.reference_cache_size),
             result_cache=result_cache,
             speaking_rate=SpeakingRates(),
+            speakers=Speakers(settings),
         )
         services = app.state.services
+        await anyio.to_thread.run_sync(services.speakers.voice_embeddings.sweep_stale_temps)
         auth.start()
         services.jobs = JobManager(services, JobStore(settings.jobs_dir), render_segment)
         await services.jobs.start()
@@ -100,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _gone(request: Request, exc: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
 
-    for module in (voice_clone, speech, voices, references, jobs, health):
+    for module in (voice_clone, speech, voices, references, speaker, jobs, health):
         app.include_router(module.router)
     mount_web(app)
     app.state.auth = auth

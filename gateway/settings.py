@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -110,6 +110,17 @@ class Settings(BaseSettings):
     )
     replica_id: str = Field("", description="this replica's name in Redis and logs (default: host-pid-random)")
 
+    # --- speaker embeddings (gateway/speaker; the `quality` extra: torch CPU, resemblyzer, webrtcvad)
+    speaker_encoder: Literal["ge2e", "ecapa"] = Field(
+        "ge2e", description="ge2e: Resemblyzer's shipped weights (256-d); ecapa: ECAPA-TDNN (192-d), speaker_model_dir"
+    )
+    speaker_model_dir: Path | None = Field(
+        None, description="the ECAPA-TDNN directory (hyperparams.json, embedding_model.ckpt); needed for ecapa"
+    )
+    voice_duplicate_similarity: float = Field(
+        0.9, ge=-1, le=1, description="creating a voice this similar (cosine) to an existing one warns, naming it"
+    )
+
     # --- API keys and per-key limits (gateway/auth; limits: 0 = unlimited, a key's own values win)
     api_keys_file: Path | None = Field(None, description="the keys file (sovits-gateway keys add|list|revoke)")
     api_keys: SecretStr = Field(SecretStr(""), description="comma-separated raw keys: KEY (admin) or KEY:synthesize")
@@ -140,7 +151,7 @@ class Settings(BaseSettings):
             return [part for part in (p.strip() for p in value.split(",")) if part]
         return value
 
-    @field_validator("engine_shared_dir", "redis_url", mode="before")
+    @field_validator("engine_shared_dir", "redis_url", "speaker_model_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -151,6 +162,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value or {}
+
+    @model_validator(mode="after")
+    def _ecapa_needs_a_dir(self) -> Settings:
+        if self.speaker_encoder == "ecapa" and self.speaker_model_dir is None:
+            raise ValueError("GATEWAY_SPEAKER_ENCODER=ecapa needs GATEWAY_SPEAKER_MODEL_DIR (the ECAPA-TDNN directory)")
+        return self
 
     @property
     def engine_dir(self) -> Path:

@@ -44,6 +44,7 @@ REASONS = {
     415: "The body is neither JSON nor a form",
     422: "A field is missing or invalid",
     429: "Too many requests: the queue is full or a key's limit is reached (see Retry-After)",
+    501: "This gateway was installed without the optional part the route needs (the `quality` extra)",
     502: "The engine answered with an error or unusable audio, on every attempt",
     503: "No engine can serve (or the shared dir cannot be written); retry after Retry-After",
     504: "The engine did not answer within the request's deadline",
@@ -65,6 +66,9 @@ _EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
     ("delete", "/v1/jobs/{job_id}"): (409,),
     ("get", "/v1/jobs/{job_id}/segments/{segment_id}"): (400, 409, 502, 503, 504),
     ("get", "/v1/jobs/{job_id}/track"): (400, 409),
+    # speaker embeddings: no `quality` extra (501), an encoder that failed to load (503)
+    ("post", "/v1/speaker-embedding"): (501, 503),
+    ("post", "/inference/"): (401, 403, 429, 501, 503),  # seed 001's path, outside /v1/, but keyed like it
 }
 
 

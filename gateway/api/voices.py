@@ -35,6 +35,12 @@ class VoiceFields(BaseModel):
     trim_reference: bool = False
 
 
+class CreatedVoice(Voice):
+    warnings: list[str] = Field(
+        default_factory=list, description="about the reference: its quality, or an existing voice it sounds like"
+    )
+
+
 class DefaultVoice(BaseModel):
     voice_id: str | None
 
@@ -47,7 +53,7 @@ class DefaultVoice(BaseModel):
     openapi_extra=openapi_body(VoiceFields, files={"audio": "the reference recording"}, json_body=False,
                                 required_files=("audio",)),
 )
-async def create_voice(request: Request) -> Voice:
+async def create_voice(request: Request) -> CreatedVoice:
     svc = services(request)
     form = await read_multipart(request, max_file_bytes=svc.settings.max_upload_bytes, file_fields=frozenset({"audio"}))
     fields = parse_params(VoiceFields, dict(form.fields))
@@ -57,7 +63,8 @@ async def create_voice(request: Request) -> Voice:
     language = check_language(svc, fields.prompt_language, "prompt_language")
     weights = resolve_weights(svc, fields.model)
     reference, _ = await intake_reference(svc, upload.data, trim_to_max=fields.trim_reference)
-    return await write_library(
+    embedding, similar = await svc.speakers.embed_new_voice(svc.voices, reference)
+    voice = await write_library(
         svc,
         "save the voice",
         lambda: svc.voices.create(
@@ -69,6 +76,9 @@ async def create_voice(request: Request) -> Voice:
             weights=weights,
         ),
     )
+    if embedding is not None:
+        await svc.speakers.store_voice_embedding(voice.id, embedding)
+    return CreatedVoice(**voice.model_dump(), warnings=[*reference.warnings, *similar])
 
 
 @router.get("", summary="List voices")
@@ -133,4 +143,5 @@ def content_disposition(stem: str, extension: str = ".wav") -> str:
 async def delete_voice(request: Request, voice_id: str) -> Response:
     svc = services(request)
     await write_library(svc, "delete the voice", lambda: svc.voices.delete(voice_id))
+    await anyio.to_thread.run_sync(svc.speakers.voice_embeddings.forget, voice_id)
     return Response(status_code=204)

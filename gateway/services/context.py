@@ -11,6 +11,7 @@ from gateway.engine.pool import EnginePool
 from gateway.metrics import Metrics
 from gateway.services.reference_cache import ReferenceCache
 from gateway.services.result_cache import ResultCache
+from gateway.services.speaker import Speakers
 from gateway.services.speaking_rate import SpeakingRates
 from gateway.settings import Settings
 from gateway.voices.store import VoiceStore
@@ -33,5 +34,7 @@ class Services:
     result_cache: ResultCache
     #: per voice and language speaking rates learned from renders (duration targeting's first guess)
     speaking_rate: SpeakingRates
+    #: the speaker encoder (loaded on first use; none without the `quality` extra) and voices' embeddings
+    speakers: Speakers
     #: dubbing jobs (set once the container exists: the manager renders through it)
     jobs: JobManager | None = None

@@ -19,19 +19,20 @@ from gateway.services.reference_cache import CacheKey, StoredReference
 log = logging.getLogger("gateway.references")
 
 
-def decode_base64_reference(value: str, max_bytes: int) -> bytes:
-    """Decode `reference_audio_base64` (plain or a data: URL) without exceeding the upload cap."""
+def decode_base64_reference(value: str, max_bytes: int, *, field: str = "reference_audio_base64") -> bytes:
+    """Decode `reference_audio_base64` (or another base64 audio `field`; plain or a data: URL) without
+    exceeding the upload cap."""
     payload = value
     if value.startswith("data:"):
         _, comma, payload = value.partition(",")
         if not comma:
-            raise InvalidInput("reference_audio_base64 is a data: URL without data", code="invalid_base64")
+            raise InvalidInput(f"{field} is a data: URL without data", code="invalid_base64")
     if len(payload) * 3 // 4 > max_bytes:
-        raise PayloadTooLarge(f"reference audio is larger than the {max_bytes} byte limit", limit_bytes=max_bytes)
+        raise PayloadTooLarge(f"the audio in {field} is larger than the {max_bytes} byte limit", limit_bytes=max_bytes)
     try:
         return pybase64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidInput("reference_audio_base64 is not valid base64", code="invalid_base64") from exc
+        raise InvalidInput(f"{field} is not valid base64", code="invalid_base64") from exc
 
 
 #: Longest recording decoded at all (a long one may be trimmed to the window on request); longer → 413.

@@ -6,6 +6,7 @@ Without the extra, `load_encoder` returns None and everything that uses an encod
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Protocol
 
 import numpy as np
@@ -31,6 +32,31 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / denom) if denom else 0.0
 
 
+def extra_installed() -> bool:
+    """torch and webrtcvad importable (the `quality` extra), found without importing them."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "webrtcvad"))
+
+
 def load_encoder(settings: Settings) -> SpeakerEncoder | None:
-    """The configured encoder, or None when the `quality` extra is not installed (filled in by issue 14)."""
-    return None
+    """The configured encoder, or None when the `quality` extra (or, for ge2e, resemblyzer) is not installed.
+
+    Blocking (imports torch, ~2 s the first time; loads weights): call it from a worker thread, once. A broken
+    ECAPA directory raises `EncoderDirError`: the operator asked for that model, so it is not silently None.
+    """
+    if not extra_installed():
+        return None
+    import torch
+
+    # one thread per embed: on a busy host torch's OpenMP workers spin-wait for each other, and two threads cost
+    # 4-5x the CPU of one for the same embedding, slower even in wall time (bench/quality.py); parallelism
+    # comes from running embeds side by side instead (gateway/services/speaker.py)
+    torch.set_num_threads(1)
+    if settings.speaker_encoder == "ecapa":
+        from gateway.speaker.ecapa import ECAPAEncoder
+
+        assert settings.speaker_model_dir is not None  # Settings refuses ecapa without it
+        return ECAPAEncoder(settings.speaker_model_dir)
+    from gateway.speaker.ge2e import GE2EEncoder, weights_path
+
+    weights = weights_path()
+    return GE2EEncoder(weights) if weights is not None else None
