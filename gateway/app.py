@@ -18,8 +18,11 @@ from gateway.api import health, jobs, references, speech, voice_clone, voices
 from gateway.api.context import ClientDisconnected, RequestContext
 from gateway.api.openapi import install_openapi
 from gateway.auth import Auth, AuthMiddleware
+from gateway.auth.redis_limits import RedisLimiter
+from gateway.coord.link import RedisLink
 from gateway.engine.pool import EnginePool
 from gateway.errors import install_error_handlers
+from gateway.jobs.replicas import SharedJobManager
 from gateway.jobs.runner import JobManager
 from gateway.jobs.store import JobStore
 from gateway.jobs.work import render_segment
@@ -49,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        link = RedisLink(settings) if settings.redis_url else None
         settings.refs_dir.mkdir(parents=True, exist_ok=True)
         settings.voices_dir.mkdir(parents=True, exist_ok=True)
         voice_store = VoiceStore(settings.voices_dir, settings.refs_dir)
@@ -67,10 +71,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reference_cache=ReferenceCache(settings.reference_cache_size),
             result_cache=result_cache,
             speaking_rate=SpeakingRates(),
+            link=link,
         )
         services = app.state.services
+        limiter = RedisLimiter(link, settings.lease_seconds) if link is not None else None
+        if limiter is not None:
+            auth.limiter = limiter  # every replica counts each key's requests, slots and audio together
+            limiter.start()
         auth.start()
-        services.jobs = JobManager(services, JobStore(settings.jobs_dir), render_segment)
+        store = JobStore(settings.jobs_dir)
+        services.jobs = (JobManager(services, store, render_segment) if link is None
+                         else SharedJobManager(services, store, render_segment, link))
         await services.jobs.start()
         engines = ",".join(f"e{index}={url}" for index, url in enumerate(settings.engines))  # ids clients see → URLs
         log.info("gateway ready: engines=%s shared_dir=%s", engines, settings.shared_dir)
@@ -80,6 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             auth.stop()
             await services.jobs.close()
             await pool.close()
+            if limiter is not None:
+                await limiter.close()
+            if link is not None:
+                await link.close()
 
     # /docs and /redoc with Swagger UI and ReDoc served from the fastapi-offline package, not a CDN: GPU hosts
     # in studios often have no internet, and the stock pages are blank there

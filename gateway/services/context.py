@@ -16,6 +16,7 @@ from gateway.settings import Settings
 from gateway.voices.store import VoiceStore
 
 if TYPE_CHECKING:
+    from gateway.coord.link import RedisLink
     from gateway.jobs.runner import JobManager
 
 
@@ -35,3 +36,5 @@ class Services:
     speaking_rate: SpeakingRates
     #: dubbing jobs (set once the container exists: the manager renders through it)
     jobs: JobManager | None = None
+    #: the replicas' shared Redis (GATEWAY_REDIS_URL); None: one process, everything in memory
+    link: RedisLink | None = None

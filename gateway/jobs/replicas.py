@@ -1,0 +1,379 @@
+"""Jobs shared by several replicas (GATEWAY_REDIS_URL): each unfinished job runs on the one replica holding its
+lease; the job files in the shared dir are the state every replica reads.
+
+Redis keys (under GATEWAY_REDIS_PREFIX):
+- `job:<id>:owner` = replica id, PX lease. Taken with SET NX; renewed every third of the lease by one script
+  for all the jobs a replica runs; deleted (only by its holder) when the job finishes or is cancelled.
+- `job-idem:<sha256 of the Idempotency-Key>` = job id (SET NX), deleted with the job.
+- `job-commands:<replica>`: a list of cancel/retry requests for the jobs that replica runs (BLPOP).
+- `jobs:sweeper`: one replica sweeps expired jobs per interval.
+
+Every replica, every third of the lease, looks for unfinished job files whose lease nobody holds (their
+replica died, or stopped on its way down) and claims and resumes them; done segments are kept.
+
+Losing a lease (a renewal finds another holder, or Redis has not confirmed ours for most of a lease) stops the
+job here at once, marking nothing. That is safe enough: we stop before the lease can lapse, so a new holder
+starts only after we stopped; it re-reads the file after claiming, so every segment we finished is kept; and a
+file write of ours still in a thread when we stop can only put back an older state, which the new holder's
+next save replaces (every save writes the whole job). The worst case is a segment rendered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from contextlib import suppress
+
+import anyio
+
+from gateway.coord.link import RedisLink, RedisUnavailable
+from gateway.errors import Conflict, EngineUnavailable, GatewayError, NotFound
+from gateway.jobs.model import FINISHED, Job
+from gateway.jobs.runner import JobManager, SegmentWork, same_request
+from gateway.jobs.store import JobStore
+from gateway.services.context import Services
+
+log = logging.getLogger("gateway.jobs")
+
+#: A segment file younger than this is never swept (another replica may be about to reference it).
+AUDIO_GRACE_SECONDS = 600.0
+
+# ARGV[1] replica, ARGV[2] lease ms; KEYS the owner keys of the jobs it runs. Returns the keys it lost.
+_RENEW = """
+local lost = {}
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+  else
+    table.insert(lost, key)
+  end
+end
+return lost
+"""
+
+# KEYS[1] a key; ARGV[1] its expected value: delete it only when it still holds that value.
+_DELETE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class OwnerBusy(EngineUnavailable):
+    code = "job_owner_unavailable"
+
+
+class SharedJobManager(JobManager):
+    """A JobManager whose memory holds only the jobs this replica runs; the rest is read from the files."""
+
+    def __init__(self, services: Services, store: JobStore, work: SegmentWork, link: RedisLink) -> None:
+        super().__init__(services, store, work)
+        self._link = link
+        self._lease = services.settings.lease_seconds
+        self._lease_ms = max(100, int(self._lease * 1000))
+        self._renew = link.client.register_script(_RENEW)
+        self._delete_if = link.client.register_script(_DELETE_IF)
+        self._finished_seen: dict[str, int] = {}  # job id → mtime of its file when it was seen finished
+        self._confirmed = time.monotonic()  # when Redis last confirmed every lease held here
+        self._loops: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await anyio.to_thread.run_sync(self.store.prepare)
+        self._loops = [asyncio.create_task(self._keep_loop(), name="job-leases"),
+                       asyncio.create_task(self._command_loop(), name="job-commands"),
+                       asyncio.create_task(self._sweep_loop(), name="job-sweeper")]
+
+    async def close(self) -> None:
+        """Stop; give back the leases, so another replica resumes our jobs now rather than after a lease."""
+        running = list(self._jobs)
+        await super().close()
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        try:
+            for job_id in running:
+                await self._give_up(job_id)
+        except RedisUnavailable:
+            pass  # they lapse after a lease
+
+    # ------------------------------------------------------------------ keys
+
+    def _owner_key(self, job_id: str) -> str:
+        return self._link.key("job", job_id, "owner")
+
+    def _idem_key(self, key: str) -> str:
+        return self._link.key("job-idem", hashlib.sha256(key.encode()).hexdigest())
+
+    async def _get(self, key: str) -> str | None:
+        raw = await self._link.run(lambda: self._link.client.get(key))
+        return None if raw is None else str(raw)
+
+    async def _claim(self, job_id: str) -> bool:
+        owner_key = self._owner_key(job_id)
+        taken = await self._link.run(
+            lambda: self._link.client.set(owner_key, self._link.replica, nx=True, px=self._lease_ms))
+        return bool(taken)
+
+    async def _give_up(self, job_id: str) -> None:
+        owner_key = self._owner_key(job_id)
+        await self._link.run(lambda: self._delete_if(keys=[owner_key], args=[self._link.replica]))
+
+    # ------------------------------------------------------------------ reads: memory when ours, else the file
+
+    async def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id) or await anyio.to_thread.run_sync(self.store.read, job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id!r} (finished jobs expire after their TTL)", code="job_not_found")
+        return job
+
+    async def all(self) -> list[Job]:
+        on_disk = {job.id: job for job in await anyio.to_thread.run_sync(self.store.load_all)}
+        return list({**on_disk, **self._jobs}.values())
+
+    async def by_idempotency_key(self, key: str, request_sha256: str) -> Job | None:
+        idem_key = self._idem_key(key)
+        job_id = await self._get(idem_key)
+        if job_id is None:
+            return None
+        try:
+            return same_request(key, await self.get(job_id), request_sha256)
+        except NotFound:
+            return None  # expired: the key is free again
+
+    # ------------------------------------------------------------------ writes
+
+    async def submit(self, job: Job) -> Job:
+        await self._claim(job.id)  # a fresh id: ours
+        self._jobs[job.id] = job
+        await self.save(job)
+        if job.idempotency_key:
+            idem_key, ttl = self._idem_key(job.idempotency_key), int(self._services.settings.job_ttl + 86400)
+            won = await self._link.run(lambda: self._link.client.set(idem_key, job.id, nx=True, ex=ttl))
+            if not won:  # the same request reached another replica at the same time, and won
+                earlier = await self.by_idempotency_key(job.idempotency_key, job.request_sha256)
+                if earlier is not None:
+                    await self._drop(job)
+                    return earlier
+                await self._link.run(lambda: self._link.client.set(idem_key, job.id, ex=ttl))  # its job expired
+        self._launch(job)
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        if self.owns(job_id):
+            return await super().cancel(job_id)
+        return await self._through_owner(job_id, "cancel", lambda job: job.status in FINISHED)
+
+    async def retry(self, job_id: str) -> Job:
+        if self.owns(job_id):
+            return await super().retry(job_id)
+        job = await self.get(job_id)
+        if not any(segment.status == "failed" for segment in job.segments):
+            raise Conflict(f"job {job_id} has no failed segments to retry", code="nothing_to_retry")
+        return await self._through_owner(job_id, "retry", lambda job: all(s.status != "failed" for s in job.segments))
+
+    async def delete(self, job_id: str) -> None:
+        job = await self.get(job_id)
+        if job.status not in FINISHED or self.owns(job_id) or not await self._claim(job_id):
+            raise Conflict(f"job {job_id} is still running; cancel it first", code="job_running")
+        try:
+            await self._forget([job])
+        finally:
+            await self._give_up(job_id)
+
+    async def _through_owner(self, job_id: str, op: str, done: Callable[[Job], bool]) -> Job:
+        """Cancel or retry a job this replica does not run: take it when its lease is free (then act here),
+        else ask its holder and wait until the file shows the result."""
+        deadline = time.monotonic() + 2 * self._lease + 5
+        asked: str | None = None
+        while True:
+            job = await self.get(job_id)
+            if done(job) or (op == "cancel" and job.status in FINISHED):
+                return job
+            if await self._claim(job_id):
+                return await self._act_here(job_id, op)
+            owner = await self._get(self._owner_key(job_id))
+            if owner and owner != asked:
+                await self._ask(owner, op, job_id)
+                asked = owner
+            if time.monotonic() > deadline:
+                raise OwnerBusy(f"the replica running job {job_id} did not {op} it in time", retry_after=self._lease)
+            await asyncio.sleep(0.1)
+
+    async def _act_here(self, job_id: str, op: str) -> Job:
+        """With the lease just taken: cancel or retry here; let go unless the job now runs here."""
+        job = await self._adopt(job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id!r} (finished jobs expire after their TTL)", code="job_not_found")
+        try:
+            return await (super().cancel(job_id) if op == "cancel" else super().retry(job_id))
+        finally:
+            if self.owns(job_id) and job_id not in self._tasks:
+                await self._released(job)
+
+    async def _ask(self, owner: str, op: str, job_id: str) -> None:
+        commands = self._link.key("job-commands", owner)
+
+        async def push() -> None:
+            async with self._link.client.pipeline(transaction=True) as pipe:
+                pipe.rpush(commands, json.dumps({"op": op, "job": job_id}))
+                pipe.pexpire(commands, self._lease_ms * 3)
+                await pipe.execute()
+
+        await self._link.run(push)
+
+    async def _command_loop(self) -> None:
+        commands = self._link.key("job-commands", self._link.replica)
+        while True:
+            try:
+                item = await self._link.run(lambda: self._link.client.blpop([commands], timeout=1))
+            except RedisUnavailable:
+                await asyncio.sleep(1.0)
+                continue
+            if item is None:
+                continue
+            request = json.loads(item[1])
+            if not self.owns(request["job"]):
+                continue  # finished (or lost) meanwhile: the asker sees the file
+            try:
+                if request["op"] == "cancel":
+                    await super().cancel(request["job"])
+                else:
+                    await super().retry(request["job"])
+            except GatewayError as err:
+                log.info("job %s: %s from another replica refused: %s", request["job"], request["op"], err.message)
+
+    # ------------------------------------------------------------------ leases
+
+    async def _released(self, job: Job) -> None:
+        self._jobs.pop(job.id, None)
+        self._locks.pop(job.id, None)
+        with suppress(RedisUnavailable):  # else it lapses; whoever claims it then sees it finished and lets go
+            await self._give_up(job.id)
+
+    def _abandon(self, job_id: str, why: str) -> None:
+        """Stop running the job here at once, marking nothing (see the module docstring)."""
+        log.warning("job %s: stopped here: %s", job_id, why)
+        task = self._tasks.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+        self._jobs.pop(job_id, None)
+        self._locks.pop(job_id, None)
+
+    async def _adopt(self, job_id: str) -> Job | None:
+        """After claiming a lease: the job as its file says now, running segments queued again."""
+        job = await anyio.to_thread.run_sync(self.store.read, job_id)
+        if job is None:
+            await self._give_up(job_id)
+            return None
+        for segment in job.segments:
+            if segment.status == "running":
+                segment.status = "queued"
+        self._jobs[job_id] = job
+        return job
+
+    async def _keep_loop(self) -> None:
+        while True:
+            await self._keep()
+            await asyncio.sleep(self._lease / 3)
+
+    async def _keep(self) -> None:
+        """Renew our leases (stop what we lost), then take over the unfinished jobs nobody holds."""
+        asked = time.monotonic()
+        owned = list(self._jobs)
+        try:
+            if owned:
+                ids = {self._owner_key(job_id): job_id for job_id in owned}
+                lost = await self._link.run(
+                    lambda: self._renew(keys=list(ids), args=[self._link.replica, self._lease_ms]))
+                for key in lost:
+                    self._abandon(ids[key], "another replica holds its lease now")
+            self._confirmed = asked
+            await self._take_over()
+        except RedisUnavailable:
+            if owned and time.monotonic() - self._confirmed > 0.8 * self._lease:
+                for job_id in owned:
+                    self._abandon(job_id, "Redis has not confirmed its lease for most of a lease")
+
+    async def _take_over(self) -> None:
+        files = await anyio.to_thread.run_sync(self.store.scan)
+        for gone in self._finished_seen.keys() - files.keys():
+            del self._finished_seen[gone]
+        candidates = [job_id for job_id, mtime in files.items()
+                      if job_id not in self._jobs and self._finished_seen.get(job_id) != mtime]
+        if not candidates:
+            return
+        keys = [self._owner_key(job_id) for job_id in candidates]
+        held = await self._link.run(lambda: self._link.client.mget(keys))
+        for job_id, owner in zip(candidates, held, strict=True):
+            if owner is not None:
+                continue
+            job = await anyio.to_thread.run_sync(self.store.read, job_id)
+            if job is None or job.status in FINISHED:
+                if job is not None:
+                    self._finished_seen[job_id] = files[job_id]
+                continue
+            if not await self._claim(job_id):
+                continue
+            adopted = await self._adopt(job_id)  # read again: the file may have changed before we claimed
+            if adopted is None:
+                continue
+            if adopted.status in FINISHED:
+                await self._released(adopted)
+                continue
+            log.info("taking over job %s: %d segments left", job_id,
+                     sum(s.status == "queued" for s in adopted.segments))
+            self._launch(adopted)
+
+    # ------------------------------------------------------------------ expiry
+
+    async def sweep(self, now: float | None = None) -> int:
+        """One replica per interval deletes the finished jobs older than the TTL (from the files)."""
+        ttl = self._services.settings.job_ttl
+        lock = self._link.key("jobs", "sweeper")
+        interval_ms = int(min(max(ttl / 4, 0.5), 300.0) * 1000)
+        try:
+            if not await self._link.run(
+                    lambda: self._link.client.set(lock, self._link.replica, nx=True, px=interval_ms)):
+                return 0
+        except RedisUnavailable:
+            return 0
+        now = time.time() if now is None else now
+        jobs = await anyio.to_thread.run_sync(self.store.load_all)
+        expired = [j for j in jobs if j.status in FINISHED and j.finished_at is not None
+                   and j.finished_at + ttl <= now and j.id not in self._jobs]
+        if expired:
+            await self._forget(expired)
+        return len(expired)
+
+    async def _forget(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            await anyio.to_thread.run_sync(self.store.delete, job.id)
+            self._finished_seen.pop(job.id, None)
+            self._notify(job.id)
+            if job.idempotency_key:
+                with suppress(RedisUnavailable):
+                    await self._forget_key(self._idem_key(job.idempotency_key), job.id)
+        gone = {s.audio for job in jobs for s in job.segments if s.audio}
+        remaining = await anyio.to_thread.run_sync(self.store.load_all)
+        kept = {s.audio for job in remaining for s in job.segments if s.audio} | self._writing
+        removed = [d for d in gone - kept if self.store.audio_age(d) > AUDIO_GRACE_SECONDS]
+        for digest in removed:
+            self.store.remove_audio(digest)
+        log.info("expired %d jobs, %d segment files", len(jobs), len(removed))
+
+    async def _forget_key(self, key: str, job_id: str) -> None:
+        await self._link.run(lambda: self._delete_if(keys=[key], args=[job_id]))
+
+    async def _drop(self, job: Job) -> None:
+        """Undo a submission that lost an idempotency race (nothing ran)."""
+        self._jobs.pop(job.id, None)
+        self._locks.pop(job.id, None)
+        await anyio.to_thread.run_sync(self.store.delete, job.id)
+        await self._give_up(job.id)
