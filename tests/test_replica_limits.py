@@ -67,16 +67,20 @@ def _models(url: str, raw: str) -> httpx.Response:
 
 def test_requests_in_flight_count_on_every_replica(cluster: Any) -> None:
     _, engine, a, b, raws, _ = cluster
-    set_engine_faults(engine.url, delay=2.5)
+    set_engine_faults(engine.url, delay=4.5)  # longer than the lease: A must renew its slot meanwhile
     slow: dict[str, httpx.Response] = {}
     thread = threading.Thread(target=lambda: slow.update(response=_speech(a.url, raws["one"])))
     try:
         thread.start()
+        started = time.monotonic()
         wait_for(lambda: engine_stats(engine.url)["in_flight"], 10, "the slow request to reach the engine")
         refused = _models(b.url, raws["one"])  # same key, other replica, while A's request runs
         error = assert_error(refused, 429, "rate_limited", contains="1 requests in flight")
         assert error["limit"] == "concurrency" and int(refused.headers["retry-after"]) >= 1
         assert _models(b.url, raws["free"]).status_code == 200  # other keys are not held back
+        time.sleep(max(0.0, started + 3.6 - time.monotonic()))  # past the first lease (3 s)
+        if thread.is_alive():
+            assert_error(_models(b.url, raws["one"]), 429, "rate_limited")
     finally:
         thread.join(60)
         set_engine_faults(engine.url, delay=0.0)
