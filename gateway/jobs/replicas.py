@@ -285,6 +285,11 @@ class SharedJobManager(JobManager):
 
     async def _keep(self) -> None:
         """Renew our leases (stop what we lost), then take over the unfinished jobs nobody holds."""
+        await self._renew_leases()
+        with suppress(RedisUnavailable):
+            await self._take_over()
+
+    async def _renew_leases(self) -> None:
         asked = time.monotonic()
         owned = list(self._jobs)
         try:
@@ -295,11 +300,17 @@ class SharedJobManager(JobManager):
                 for key in lost:
                     self._abandon(ids[key], "another replica holds its lease now")
             self._confirmed = asked
-            await self._take_over()
         except RedisUnavailable:
             if owned and time.monotonic() - self._confirmed > 0.8 * self._lease:
                 for job_id in owned:
                     self._abandon(job_id, "Redis has not confirmed its lease for most of a lease")
+
+    async def _still_ours(self, job: Job) -> bool:
+        """Before each segment: when the last renewal is old (this process was paused, or cut off from Redis),
+        renew now, so a replica that lost the lease does not start one more segment."""
+        if time.monotonic() - self._confirmed > self._lease / 2:
+            await self._renew_leases()
+        return job.id in self._jobs
 
     async def _take_over(self) -> None:
         files = await anyio.to_thread.run_sync(self.store.scan)

@@ -200,9 +200,16 @@ class JobManager:
         """The job stopped running here (finished or cancelled); replicas give up its lease."""
 
     async def _worker(self, job: Job) -> None:
-        while (segment := next((s for s in job.segments if s.status == "queued"), None)) is not None:
+        while await self._still_ours(job):
+            segment = next((s for s in job.segments if s.status == "queued"), None)
+            if segment is None:
+                return
             segment.status = "running"  # claimed before any await: no other worker takes it
             await self._run_segment(job, segment)
+
+    async def _still_ours(self, job: Job) -> bool:
+        """Whether this process may start another segment of the job (replicas: it still holds the lease)."""
+        return True
 
     async def _run_segment(self, job: Job, segment: Segment) -> None:
         await self.save(job)
