@@ -1,6 +1,6 @@
 """Dubbing jobs across gateway replicas sharing Redis and the shared dir (real processes): a replica killed
 mid-job is replaced by another, reads and events of a job work on any replica, a cancel sent to any replica
-reaches the one running it, and an Idempotency-Key holds across replicas."""
+reaches the one running it, an Idempotency-Key holds across replicas, and a job outlives a Redis restart."""
 
 from __future__ import annotations
 
@@ -123,3 +123,16 @@ def test_an_idempotency_key_holds_across_replicas(cluster: Any) -> None:
     error = assert_error(other, 409, "idempotency_key_reused", contains="order-7")
     assert error["job_id"] == first.json()["id"]
     assert wait_for_job(b.url, first.json()["id"], timeout=60)["status"] == "done"
+
+
+def test_a_job_survives_a_redis_restart_mid_job(cluster: Any) -> None:
+    """The restart (without persistence) forgets every key: leases, idempotency keys (no other test needs one)."""
+    redis_server, engine, _, a, b, voice = cluster
+    set_engine_faults(engine.url, delay=0.3)
+    job_id = submit(a.url, {"voice": voice, "segments": lines(8)}).json()["id"]
+    wait_for_done_segments(b.url, job_id, 2)
+    redis_server.restart(down_seconds=1.5)  # longer than the lease: the owner stops; its lease is gone after
+    done = wait_for_job(b.url, job_id, timeout=60)  # a replica takes it over once Redis answers again
+    assert done["status"] == "done" and all(s["status"] == "done" for s in done["segments"]), done
+    assert all(segment["attempts"] <= 2 for segment in done["segments"])
+    assert submit(b.url, {"voice": voice, "segments": lines(1)}).status_code == 202  # no restart needed

@@ -133,6 +133,11 @@ class SharedJobManager(JobManager):
             raise NotFound(f"no job with id {job_id!r} (finished jobs expire after their TTL)", code="job_not_found")
         return job
 
+    def changed(self, job_id: str) -> asyncio.Event:
+        """Only the jobs running here are woken by a save; a stream of another replica's job polls its file
+        (a fresh event each time: nothing is kept for jobs this replica never runs)."""
+        return super().changed(job_id) if self.owns(job_id) else asyncio.Event()
+
     async def all(self) -> list[Job]:
         on_disk = {job.id: job for job in await anyio.to_thread.run_sync(self.store.load_all)}
         return list({**on_disk, **self._jobs}.values())
@@ -157,7 +162,11 @@ class SharedJobManager(JobManager):
             idem_key, ttl = self._idem_key(job.idempotency_key), int(self._services.settings.job_ttl + 86400)
             won = await self._link.run(lambda: self._link.client.set(idem_key, job.id, nx=True, ex=ttl))
             if not won:  # the same request reached another replica at the same time, and won
-                earlier = await self.by_idempotency_key(job.idempotency_key, job.request_sha256)
+                try:
+                    earlier = await self.by_idempotency_key(job.idempotency_key, job.request_sha256)
+                except GatewayError:
+                    await self._drop(job)
+                    raise
                 if earlier is not None:
                     await self._drop(job)
                     return earlier
