@@ -186,5 +186,9 @@ class RedisLimiter:
         while True:
             await asyncio.sleep(self._lease_ms / 3000)
             if self._tickets:
-                with suppress(RedisUnavailable):  # the reconnect hook puts them back once Redis answers
+                try:
                     await self._link.run(self._renew_all)
+                except RedisUnavailable:
+                    pass  # the reconnect hook puts them back once Redis answers
+                except Exception:  # a surprise must not end the loop: every running request's slot needs it
+                    log.exception("limiter: renewing in-flight tickets failed")

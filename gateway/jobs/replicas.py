@@ -247,16 +247,21 @@ class SharedJobManager(JobManager):
                 continue
             if item is None:
                 continue
-            request = json.loads(item[1])
-            if not self.owns(request["job"]):
-                continue  # finished (or lost) meanwhile: the asker sees the file
             try:
-                if request["op"] == "cancel":
-                    await super().cancel(request["job"])
-                else:
-                    await super().retry(request["job"])
-            except GatewayError as err:
-                log.info("job %s: %s from another replica refused: %s", request["job"], request["op"], err.message)
+                await self._obey(json.loads(item[1]))
+            except Exception:  # a surprise must not end the loop
+                log.exception("job commands: unexpected error")
+
+    async def _obey(self, request: dict[str, str]) -> None:
+        if not self.owns(request["job"]):
+            return  # finished (or lost) meanwhile: the asker sees the file
+        try:
+            if request["op"] == "cancel":
+                await super().cancel(request["job"])
+            else:
+                await super().retry(request["job"])
+        except GatewayError as err:
+            log.info("job %s: %s from another replica refused: %s", request["job"], request["op"], err.message)
 
     # ------------------------------------------------------------------ leases
 
@@ -289,7 +294,10 @@ class SharedJobManager(JobManager):
 
     async def _keep_loop(self) -> None:
         while True:
-            await self._keep()
+            try:
+                await self._keep()
+            except Exception:  # a surprise must not end the loop: every job's lease depends on it
+                log.exception("job leases: unexpected error")
             await asyncio.sleep(self._lease / 3)
 
     async def _keep(self) -> None:
