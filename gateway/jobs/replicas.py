@@ -157,21 +157,30 @@ class SharedJobManager(JobManager):
     async def submit(self, job: Job) -> Job:
         await self._claim(job.id)  # a fresh id: ours
         self._jobs[job.id] = job
-        await self.save(job)
-        if job.idempotency_key:
-            idem_key, ttl = self._idem_key(job.idempotency_key), int(self._services.settings.job_ttl + 86400)
-            won = await self._link.run(lambda: self._link.client.set(idem_key, job.id, nx=True, ex=ttl))
-            if not won:  # the same request reached another replica at the same time, and won
-                try:
-                    earlier = await self.by_idempotency_key(job.idempotency_key, job.request_sha256)
-                except GatewayError:
-                    await self._drop(job)
-                    raise
-                if earlier is not None:
-                    await self._drop(job)
-                    return earlier
-                await self._link.run(lambda: self._link.client.set(idem_key, job.id, ex=ttl))  # its job expired
+        try:
+            await self.save(job)
+            standing = await self._settle_key(job)
+        except BaseException:  # nothing may stay held and never run
+            with suppress(RedisUnavailable):
+                await self._drop(job)
+            raise
+        if standing is not job:
+            await self._drop(job)
+            return standing
         self._launch(job)
+        return job
+
+    async def _settle_key(self, job: Job) -> Job:
+        """The job its Idempotency-Key stands for: `job`, or the twin another replica saved first."""
+        if not job.idempotency_key:
+            return job
+        idem_key, ttl = self._idem_key(job.idempotency_key), int(self._services.settings.job_ttl + 86400)
+        if await self._link.run(lambda: self._link.client.set(idem_key, job.id, nx=True, ex=ttl)):
+            return job
+        earlier = await self.by_idempotency_key(job.idempotency_key, job.request_sha256)  # 409: another body
+        if earlier is not None:
+            return earlier
+        await self._link.run(lambda: self._link.client.set(idem_key, job.id, ex=ttl))  # its job expired
         return job
 
     async def cancel(self, job_id: str) -> Job:
@@ -194,7 +203,8 @@ class SharedJobManager(JobManager):
         try:
             await self._forget([job])
         finally:
-            await self._give_up(job_id)
+            with suppress(RedisUnavailable):  # else it lapses
+                await self._give_up(job_id)
 
     async def _through_owner(self, job_id: str, op: str, done: Callable[[Job], bool]) -> Job:
         """Cancel or retry a job this replica does not run: take it when its lease is free (then act here),
@@ -203,7 +213,7 @@ class SharedJobManager(JobManager):
         asked: str | None = None
         while True:
             job = await self.get(job_id)
-            if done(job) or (op == "cancel" and job.status in FINISHED):
+            if done(job):
                 return job
             if await self._claim(job_id):
                 return await self._act_here(job_id, op)
