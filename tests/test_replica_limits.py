@@ -1,6 +1,7 @@
-"""Per-key limits across gateway replicas sharing Redis (real processes): requests in flight and requests per
-minute count on every replica together; Redis down → a limited key gets 503 redis_unavailable with Retry-After
-(never an open door), and Redis back → requests pass again without a gateway restart."""
+"""Per-key limits across gateway replicas sharing Redis (real processes): requests in flight, requests per
+minute and audio seconds per day count on every replica together, and a dead replica's slots come back;
+Redis down → a limited key gets 503 redis_unavailable with Retry-After (never an open door), and Redis back →
+requests pass again without a gateway restart."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory
         "rpm": ("synthesize", {"rpm": 4}),
         "guarded": ("synthesize", {"rpm": 1000}),
         "free": ("synthesize", {}),
+        "quota": ("synthesize", {"audio_seconds_per_day": 1}),
     })
     with running_redis() as redis_server, running_engine("--debug-routes") as engine:
         # a 3 s lease: a dead replica's slot must still be held when the next request asks (under load)
@@ -123,6 +125,17 @@ def test_requests_per_minute_count_on_every_replica(cluster: Any) -> None:
     error = assert_error(refused, 429, "rate_limited", contains="4 requests per minute")
     assert error["limit"] == "requests_per_minute" and 1 <= int(refused.headers["retry-after"]) <= 15
     assert_error(_models(b.url, raws["rpm"]), 429, "rate_limited")
+
+
+def test_audio_seconds_per_day_count_on_every_replica(cluster: Any) -> None:
+    _, _, a, b, raws, _ = cluster
+    first = _speech(a.url, raws["quota"])
+    assert first.status_code == 200, first.text
+    samples, rate = decode_wav(first.content)
+    assert len(samples) / rate > 1.0  # the day's one second is used up on A ...
+    refused = _speech(b.url, raws["quota"])  # ... so B refuses the next one
+    error = assert_error(refused, 429, "rate_limited", contains="1 audio seconds")
+    assert error["limit"] == "audio_seconds_per_day" and int(refused.headers["retry-after"]) >= 1
 
 
 def test_redis_down_refuses_limited_keys_with_503_and_redis_back_lets_them_through(cluster: Any) -> None:

@@ -7,6 +7,9 @@ as batch work (interactive requests go first), every state change saved, so a re
 - Cancel: queued and running segments become `cancelled`; a running engine call is left to the pool,
   which keeps its slot until the engine really answers (nothing else lands on a busy engine).
 - Finished jobs are deleted `job_ttl` seconds after they finish, with segment audio no other job uses.
+
+With GATEWAY_REDIS_URL, SharedJobManager (replicas.py) extends this: a replica runs only the jobs whose lease
+it holds, and reads the others from their files.
 """
 
 from __future__ import annotations
