@@ -1,12 +1,7 @@
 """Jobs shared by several replicas (GATEWAY_REDIS_URL): each unfinished job runs on the one replica holding its
 lease; the job files in the shared dir are the state every replica reads.
 
-Redis keys (under GATEWAY_REDIS_PREFIX):
-- `job:<id>:owner` = replica id, PX lease. Taken with SET NX; renewed every third of the lease by one script
-  for all the jobs a replica runs; deleted (only by its holder) when the job finishes or is cancelled.
-- `job-idem:<sha256 of the Idempotency-Key>` = job id (SET NX), deleted with the job.
-- `job-commands:<replica>`: a list of cancel/retry requests for the jobs that replica runs (BLPOP).
-- `jobs:sweeper`: one replica sweeps expired jobs per interval.
+Redis keys and calls: gateway/jobs/leases.py.
 
 Every replica, every third of the lease, looks for unfinished job files whose lease nobody holds (their
 replica died, or stopped on its way down) and claims and resumes them; done segments are kept.
@@ -21,17 +16,17 @@ next save replaces (every save writes the whole job). The worst case is a segmen
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from typing import Any
 
 import anyio
 
 from gateway.coord.link import RedisLink, RedisUnavailable
 from gateway.errors import Conflict, EngineUnavailable, GatewayError, NotFound
+from gateway.jobs.leases import JobLeases
 from gateway.jobs.model import FINISHED, Job
 from gateway.jobs.runner import JobManager, SegmentWork, same_request
 from gateway.jobs.store import JobStore
@@ -42,29 +37,10 @@ log = logging.getLogger("gateway.jobs")
 #: A segment file younger than this is never swept (another replica may be about to reference it).
 AUDIO_GRACE_SECONDS = 600.0
 
-# ARGV[1] replica, ARGV[2] lease ms; KEYS the owner keys of the jobs it runs. Returns the keys it lost.
-_RENEW = """
-local lost = {}
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2])
-  else
-    table.insert(lost, key)
-  end
-end
-return lost
-"""
-
-# KEYS[1] a key; ARGV[1] its expected value: delete it only when it still holds that value.
-_DELETE_IF = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
 
 class OwnerBusy(EngineUnavailable):
+    """A cancel or retry the replica running the job did not carry out in time (it may be dying: retry)."""
+
     code = "job_owner_unavailable"
 
 
@@ -73,11 +49,8 @@ class SharedJobManager(JobManager):
 
     def __init__(self, services: Services, store: JobStore, work: SegmentWork, link: RedisLink) -> None:
         super().__init__(services, store, work)
-        self._link = link
         self._lease = services.settings.lease_seconds
-        self._lease_ms = max(100, int(self._lease * 1000))
-        self._renew = link.client.register_script(_RENEW)
-        self._delete_if = link.client.register_script(_DELETE_IF)
+        self._leases = JobLeases(link, self._lease)
         self._finished_seen: dict[str, int] = {}  # job id → mtime of its file when it was seen finished
         self._confirmed = time.monotonic()  # when Redis last confirmed every lease held here
         self._loops: list[asyncio.Task[None]] = []
@@ -99,31 +72,9 @@ class SharedJobManager(JobManager):
         await asyncio.gather(*self._loops, return_exceptions=True)
         try:
             for job_id in running:
-                await self._give_up(job_id)
+                await self._leases.give_up(job_id)
         except RedisUnavailable:
             pass  # they lapse after a lease
-
-    # ------------------------------------------------------------------ keys
-
-    def _owner_key(self, job_id: str) -> str:
-        return self._link.key("job", job_id, "owner")
-
-    def _idem_key(self, key: str) -> str:
-        return self._link.key("job-idem", hashlib.sha256(key.encode()).hexdigest())
-
-    async def _get(self, key: str) -> str | None:
-        raw = await self._link.run(lambda: self._link.client.get(key))
-        return None if raw is None else str(raw)
-
-    async def _claim(self, job_id: str) -> bool:
-        owner_key = self._owner_key(job_id)
-        taken = await self._link.run(
-            lambda: self._link.client.set(owner_key, self._link.replica, nx=True, px=self._lease_ms))
-        return bool(taken)
-
-    async def _give_up(self, job_id: str) -> None:
-        owner_key = self._owner_key(job_id)
-        await self._link.run(lambda: self._delete_if(keys=[owner_key], args=[self._link.replica]))
 
     # ------------------------------------------------------------------ reads: memory when ours, else the file
 
@@ -143,8 +94,7 @@ class SharedJobManager(JobManager):
         return list({**on_disk, **self._jobs}.values())
 
     async def by_idempotency_key(self, key: str, request_sha256: str) -> Job | None:
-        idem_key = self._idem_key(key)
-        job_id = await self._get(idem_key)
+        job_id = await self._leases.job_for_key(key)
         if job_id is None:
             return None
         try:
@@ -155,7 +105,7 @@ class SharedJobManager(JobManager):
     # ------------------------------------------------------------------ writes
 
     async def submit(self, job: Job) -> Job:
-        await self._claim(job.id)  # a fresh id: ours
+        await self._leases.claim(job.id)  # a fresh id: ours
         self._jobs[job.id] = job
         try:
             await self.save(job)
@@ -174,13 +124,13 @@ class SharedJobManager(JobManager):
         """The job its Idempotency-Key stands for: `job`, or the twin another replica saved first."""
         if not job.idempotency_key:
             return job
-        idem_key, ttl = self._idem_key(job.idempotency_key), int(self._services.settings.job_ttl + 86400)
-        if await self._link.run(lambda: self._link.client.set(idem_key, job.id, nx=True, ex=ttl)):
+        key, ttl = job.idempotency_key, self._services.settings.job_ttl + 86400  # outlives the job (≤ a day's run)
+        if await self._leases.bind_key(key, job.id, ttl, only_new=True):
             return job
-        earlier = await self.by_idempotency_key(job.idempotency_key, job.request_sha256)  # 409: another body
+        earlier = await self.by_idempotency_key(key, job.request_sha256)  # 409: another body
         if earlier is not None:
             return earlier
-        await self._link.run(lambda: self._link.client.set(idem_key, job.id, ex=ttl))  # its job expired
+        await self._leases.bind_key(key, job.id, ttl, only_new=False)  # its job expired
         return job
 
     async def cancel(self, job_id: str) -> Job:
@@ -198,13 +148,13 @@ class SharedJobManager(JobManager):
 
     async def delete(self, job_id: str) -> None:
         job = await self.get(job_id)
-        if job.status not in FINISHED or self.owns(job_id) or not await self._claim(job_id):
+        if job.status not in FINISHED or self.owns(job_id) or not await self._leases.claim(job_id):
             raise Conflict(f"job {job_id} is still running; cancel it first", code="job_running")
         try:
             await self._forget([job])
         finally:
             with suppress(RedisUnavailable):  # else it lapses
-                await self._give_up(job_id)
+                await self._leases.give_up(job_id)
 
     async def _through_owner(self, job_id: str, op: str, done: Callable[[Job], bool]) -> Job:
         """Cancel or retry a job this replica does not run: take it when its lease is free (then act here),
@@ -215,11 +165,11 @@ class SharedJobManager(JobManager):
             job = await self.get(job_id)
             if done(job):
                 return job
-            if await self._claim(job_id):
+            if await self._leases.claim(job_id):
                 return await self._act_here(job_id, op)
-            owner = await self._get(self._owner_key(job_id))
+            owner = await self._leases.holder(job_id)
             if owner and owner != asked:
-                await self._ask(owner, op, job_id)
+                await self._leases.ask(owner, op, job_id)
                 asked = owner
             if time.monotonic() > deadline:
                 raise OwnerBusy(f"the replica running job {job_id} did not {op} it in time", retry_after=self._lease)
@@ -236,33 +186,20 @@ class SharedJobManager(JobManager):
             if self.owns(job_id) and job_id not in self._tasks:
                 await self._released(job)
 
-    async def _ask(self, owner: str, op: str, job_id: str) -> None:
-        commands = self._link.key("job-commands", owner)
-
-        async def push() -> None:
-            async with self._link.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(commands, json.dumps({"op": op, "job": job_id}))
-                pipe.pexpire(commands, self._lease_ms * 3)
-                await pipe.execute()
-
-        await self._link.run(push)
-
     async def _command_loop(self) -> None:
-        commands = self._link.key("job-commands", self._link.replica)
         while True:
             try:
-                item = await self._link.run(lambda: self._link.client.blpop([commands], timeout=1))
+                request = await self._leases.next_command()
             except RedisUnavailable:
                 await asyncio.sleep(1.0)
                 continue
-            if item is None:
-                continue
             try:
-                await self._obey(json.loads(item[1]))
+                if request is not None:
+                    await self._obey(request)
             except Exception:  # a surprise must not end the loop
                 log.exception("job commands: unexpected error")
 
-    async def _obey(self, request: dict[str, str]) -> None:
+    async def _obey(self, request: dict[str, Any]) -> None:
         if not self.owns(request["job"]):
             return  # finished (or lost) meanwhile: the asker sees the file
         try:
@@ -279,7 +216,7 @@ class SharedJobManager(JobManager):
         self._jobs.pop(job.id, None)
         self._locks.pop(job.id, None)
         with suppress(RedisUnavailable):  # else it lapses; whoever claims it then sees it finished and lets go
-            await self._give_up(job.id)
+            await self._leases.give_up(job.id)
 
     def _abandon(self, job_id: str, why: str) -> None:
         """Stop running the job here at once, marking nothing (see the module docstring)."""
@@ -294,7 +231,7 @@ class SharedJobManager(JobManager):
         """After claiming a lease: the job as its file says now, running segments queued again."""
         job = await anyio.to_thread.run_sync(self.store.read, job_id)
         if job is None:
-            await self._give_up(job_id)
+            await self._leases.give_up(job_id)
             return None
         for segment in job.segments:
             if segment.status == "running":
@@ -320,12 +257,8 @@ class SharedJobManager(JobManager):
         asked = time.monotonic()
         owned = list(self._jobs)
         try:
-            if owned:
-                ids = {self._owner_key(job_id): job_id for job_id in owned}
-                lost = await self._link.run(
-                    lambda: self._renew(keys=list(ids), args=[self._link.replica, self._lease_ms]))
-                for key in lost:
-                    self._abandon(ids[key], "another replica holds its lease now")
+            for job_id in await self._leases.renew(owned):
+                self._abandon(job_id, "another replica holds its lease now")
             self._confirmed = asked
         except RedisUnavailable:
             if owned and time.monotonic() - self._confirmed > 0.8 * self._lease:
@@ -347,17 +280,15 @@ class SharedJobManager(JobManager):
                       if job_id not in self._jobs and self._finished_seen.get(job_id) != mtime]
         if not candidates:
             return
-        keys = [self._owner_key(job_id) for job_id in candidates]
-        held = await self._link.run(lambda: self._link.client.mget(keys))
-        for job_id, owner in zip(candidates, held, strict=True):
-            if owner is not None:
+        for job_id, held in zip(candidates, await self._leases.held(candidates), strict=True):
+            if held:
                 continue
             job = await anyio.to_thread.run_sync(self.store.read, job_id)
             if job is None or job.status in FINISHED:
                 if job is not None:
                     self._finished_seen[job_id] = files[job_id]
                 continue
-            if not await self._claim(job_id):
+            if not await self._leases.claim(job_id):
                 continue
             adopted = await self._adopt(job_id)  # read again: the file may have changed before we claimed
             if adopted is None:
@@ -374,11 +305,8 @@ class SharedJobManager(JobManager):
     async def sweep(self, now: float | None = None) -> int:
         """One replica per interval deletes the finished jobs older than the TTL (from the files)."""
         ttl = self._services.settings.job_ttl
-        lock = self._link.key("jobs", "sweeper")
-        interval_ms = int(min(max(ttl / 4, 0.5), 300.0) * 1000)
         try:
-            if not await self._link.run(
-                    lambda: self._link.client.set(lock, self._link.replica, nx=True, px=interval_ms)):
+            if not await self._leases.sweep_turn(min(max(ttl / 4, 0.5), 300.0)):  # the base loop's interval
                 return 0
         except RedisUnavailable:
             return 0
@@ -397,7 +325,7 @@ class SharedJobManager(JobManager):
             self._notify(job.id)
             if job.idempotency_key:
                 with suppress(RedisUnavailable):
-                    await self._forget_key(self._idem_key(job.idempotency_key), job.id)
+                    await self._leases.unbind_key(job.idempotency_key, job.id)
         gone = {s.audio for job in jobs for s in job.segments if s.audio}
         remaining = await anyio.to_thread.run_sync(self.store.load_all)
         kept = {s.audio for job in remaining for s in job.segments if s.audio} | self._writing
@@ -406,12 +334,9 @@ class SharedJobManager(JobManager):
             self.store.remove_audio(digest)
         log.info("expired %d jobs, %d segment files", len(jobs), len(removed))
 
-    async def _forget_key(self, key: str, job_id: str) -> None:
-        await self._link.run(lambda: self._delete_if(keys=[key], args=[job_id]))
-
     async def _drop(self, job: Job) -> None:
         """Undo a submission that lost an idempotency race (nothing ran)."""
         self._jobs.pop(job.id, None)
         self._locks.pop(job.id, None)
         await anyio.to_thread.run_sync(self.store.delete, job.id)
-        await self._give_up(job.id)
+        await self._leases.give_up(job.id)
