@@ -18,9 +18,11 @@ from gateway.api import health, jobs, references, speaker, speech, voice_clone, 
 from gateway.api.context import ClientDisconnected, RequestContext
 from gateway.api.openapi import install_openapi
 from gateway.auth import Auth, AuthMiddleware
+from gateway.auth.redis_limits import RedisLimiter
 from gateway.coord.link import RedisLink
 from gateway.engine.pool import EnginePool
 from gateway.errors import install_error_handlers
+from gateway.jobs.replicas import SharedJobManager
 from gateway.jobs.runner import JobManager
 from gateway.jobs.store import JobStore
 from gateway.jobs.work import render_segment
@@ -51,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # several replicas share engine slots, the queue, engine state, jobs and key limits through Redis
+        link = RedisLink(settings) if settings.redis_url else None
         settings.refs_dir.mkdir(parents=True, exist_ok=True)
         settings.voices_dir.mkdir(parents=True, exist_ok=True)
         voice_store = VoiceStore(settings.voices_dir, settings.refs_dir)
@@ -58,8 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await anyio.to_thread.run_sync(voice_store.sweep_stale_temps)
         result_cache = ResultCache(settings.results_dir, settings.result_cache_bytes)
         await anyio.to_thread.run_sync(result_cache.load)
-        # several replicas: engine slots, the queue and engine state are shared through Redis (gateway/coord)
-        link = RedisLink(settings) if settings.redis_url else None
         pool = EnginePool(settings, metrics, link)
         await pool.start()
         app.state.services = Services(
@@ -72,11 +74,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             result_cache=result_cache,
             speaking_rate=SpeakingRates(),
             speakers=Speakers(settings),
+            link=link,
         )
         services = app.state.services
         await anyio.to_thread.run_sync(services.speakers.voice_embeddings.sweep_stale_temps)
+        limiter = RedisLimiter(link, settings.lease_seconds) if link is not None else None
+        if limiter is not None:
+            auth.limiter = limiter  # every replica counts each key's requests, slots and audio together
+            limiter.start()
         auth.start()
-        services.jobs = JobManager(services, JobStore(settings.jobs_dir), render_segment)
+        store = JobStore(settings.jobs_dir)
+        services.jobs = (JobManager(services, store, render_segment) if link is None
+                         else SharedJobManager(services, store, render_segment, link))
         await services.jobs.start()
         engines = ",".join(f"e{index}={url}" for index, url in enumerate(settings.engines))  # ids clients see → URLs
         log.info("gateway ready: engines=%s shared_dir=%s", engines, settings.shared_dir)
@@ -86,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             auth.stop()
             await services.jobs.close()
             await pool.close()
+            if limiter is not None:
+                await limiter.close()
             if link is not None:
                 await link.close()
 

@@ -190,35 +190,38 @@ class FakeClock:
         return self.now
 
 
-def test_the_token_bucket_refills_at_rpm_per_minute() -> None:
+@pytest.mark.anyio
+async def test_the_token_bucket_refills_at_rpm_per_minute() -> None:
     clock = FakeClock()
     limiter = MemoryLimiter(clock=clock)
     limits = Limits(rpm=60)
-    decisions = [limiter.take_request("k", limits) for _ in range(61)]
+    decisions = [await limiter.take_request("k", limits) for _ in range(61)]
     assert all(d.allowed for d in decisions[:60]) and not decisions[60].allowed
     assert decisions[59].remaining == 0 and round(decisions[59].reset) == 60
     assert round(decisions[60].retry_after, 6) == 1.0
     clock.now += 0.5
-    assert not limiter.take_request("k", limits).allowed
+    assert not (await limiter.take_request("k", limits)).allowed
     clock.now += 0.5
-    assert limiter.take_request("k", limits).allowed
+    assert (await limiter.take_request("k", limits)).allowed
     clock.now += 3600  # refilled, but never above the bucket
-    assert limiter.take_request("k", limits).remaining == 59
-    assert limiter.take_request("k", Limits(rpm=0)).allowed and limiter.take_request("other", limits).allowed
+    assert (await limiter.take_request("k", limits)).remaining == 59
+    assert (await limiter.take_request("k", Limits(rpm=0))).allowed
+    assert (await limiter.take_request("other", limits)).allowed
 
 
-def test_audio_seconds_reset_at_midnight_utc_and_slots_are_given_back() -> None:
+@pytest.mark.anyio
+async def test_audio_seconds_reset_at_midnight_utc_and_slots_are_given_back() -> None:
     wall = FakeClock(86400 * 20000 + 86400 - 10)  # 10 s before a UTC midnight
     limiter = MemoryLimiter(wall=wall)
     limits = Limits(audio_seconds_per_day=5, concurrency=2)
-    limiter.add_audio("k", 4.0)
-    assert limiter.audio_left("k", limits).allowed
-    limiter.add_audio("k", 1.5)
-    refused = limiter.audio_left("k", limits)
+    await limiter.add_audio("k", 4.0)
+    assert (await limiter.audio_left("k", limits)).allowed
+    await limiter.add_audio("k", 1.5)
+    refused = await limiter.audio_left("k", limits)
     assert not refused.allowed and round(refused.retry_after) == 10
     wall.now += 11
-    assert limiter.audio_left("k", limits).allowed and limiter.audio_used("k") == 0
-    assert limiter.enter("k", limits).allowed and limiter.enter("k", limits).allowed
-    assert not limiter.enter("k", limits).allowed
-    limiter.leave("k")
-    assert limiter.enter("k", limits).allowed
+    assert (await limiter.audio_left("k", limits)).allowed and limiter.audio_used("k") == 0
+    assert (await limiter.enter("k", limits)).allowed and (await limiter.enter("k", limits)).allowed
+    assert not (await limiter.enter("k", limits)).allowed
+    await limiter.leave("k")
+    assert (await limiter.enter("k", limits)).allowed

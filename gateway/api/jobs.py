@@ -33,6 +33,8 @@ _FILES = frozenset({"job", "subtitles", "source_subtitles", "source_audio", "spe
 _TRACK_FORMATS = ("wav", "flac", "mp3")
 #: SSE comment sent when nothing changed for this long, so proxies keep the stream open.
 _KEEPALIVE_SECONDS = 15.0
+#: How often a stream re-reads the file of a job another replica runs.
+_POLL_SECONDS = 0.5
 
 
 def _jobs(svc: Services) -> JobManager:
@@ -109,15 +111,15 @@ async def submit_job(request: Request) -> JSONResponse:
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 255:
         raise BadRequest("Idempotency-Key must be 1-255 characters", code="invalid_idempotency_key")
-    if key and (earlier := manager.by_idempotency_key(key, request_sha256)) is not None:
+    if key and (earlier := await manager.by_idempotency_key(key, request_sha256)) is not None:
         headers = {"Location": f"/v1/jobs/{earlier.id}", "Idempotent-Replayed": "true"}
         return JSONResponse(job_summary(earlier, _base_url(request)), status_code=202, headers=headers)
     job = await build_job(svc, job_request, files, request_sha256=request_sha256, idempotency_key=key)
     request_facts(request).voice_id = job.voice_id
-    if key and (earlier := manager.by_idempotency_key(key, request_sha256)) is not None:
+    if key and (earlier := await manager.by_idempotency_key(key, request_sha256)) is not None:
         job = earlier  # the same request arrived twice at once: the first one to finish intake wins
     else:
-        await manager.submit(job)
+        job = await manager.submit(job)  # (another replica's twin may have won meanwhile)
     return JSONResponse(
         job_summary(job, _base_url(request)), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
     )
@@ -126,13 +128,13 @@ async def submit_job(request: Request) -> JSONResponse:
 @router.get("", summary="List jobs (newest first)")
 async def list_jobs(request: Request) -> dict[str, list[dict[str, Any]]]:
     manager = _jobs(services(request))
-    jobs = sorted(manager.all(), key=lambda job: job.created_at, reverse=True)
+    jobs = sorted(await manager.all(), key=lambda job: job.created_at, reverse=True)
     return {"jobs": [job_summary(job, _base_url(request)) for job in jobs]}
 
 
 @router.get("/{job_id}", summary="A job: status, progress, per-segment details and URLs, overlaps")
 async def get_job(request: Request, job_id: str) -> dict[str, Any]:
-    return job_view(_jobs(services(request)).get(job_id), _base_url(request))
+    return job_view(await _jobs(services(request)).get(job_id), _base_url(request))
 
 
 @router.post("/{job_id}/retry", status_code=202, summary="Run the failed segments again (done ones are kept)",
@@ -150,7 +152,7 @@ async def retry_job(request: Request, job_id: str) -> dict[str, Any]:
 )
 async def delete_job(request: Request, job_id: str) -> Response:
     manager = _jobs(services(request))
-    job = manager.get(job_id)
+    job = await manager.get(job_id)
     if job.status in FINISHED:
         await manager.delete(job_id)
         return Response(status_code=204)
@@ -169,7 +171,7 @@ async def get_segment(
     request: Request, job_id: str, segment_id: str, format: str = "wav", sample_rate: int | None = None
 ) -> Response:
     svc = services(request)
-    job = _jobs(svc).get(job_id)
+    job = await _jobs(svc).get(job_id)
     segment = job.segment(segment_id)
     if segment is None:
         raise NotFound(f"job {job_id} has no segment {segment_id!r}", code="segment_not_found")
@@ -189,7 +191,7 @@ async def get_track(
 ) -> Response:
     svc = services(request)
     manager = _jobs(svc)
-    job = manager.get(job_id)
+    job = await manager.get(job_id)
     if job.status not in FINISHED:
         raise Conflict(f"job {job_id} is {job.status}; the track is ready when it finishes", code="job_not_finished",
                        progress=job.progress())
@@ -207,25 +209,34 @@ async def get_track(
 @router.get("/{job_id}/events", summary="Server-Sent Events: `progress` at every change, then `end`")
 async def job_events(request: Request, job_id: str) -> StreamingResponse:
     manager = _jobs(services(request))
-    manager.get(job_id)  # 404 before the stream starts
+    await manager.get(job_id)  # 404 before the stream starts
 
     async def events() -> AsyncIterator[bytes]:
+        last, fired, quiet = "", True, 0.0
         while True:
             changed = manager.changed(job_id)  # taken before reading the state: no change is missed
             try:
-                job = manager.get(job_id)
+                job = await manager.get(job_id)
             except NotFound:
                 yield b"event: end\ndata: {\"status\": \"deleted\"}\n\n"
                 return
             payload = json.dumps({"id": job.id, "status": job.status, "progress": job.progress()})
-            yield f"event: progress\ndata: {payload}\n\n".encode()
+            if fired or payload != last:  # a change here, or a new state in the file another replica writes
+                yield f"event: progress\ndata: {payload}\n\n".encode()
+                last, quiet = payload, 0.0
             if job.status in FINISHED:
                 yield f"event: end\ndata: {payload}\n\n".encode()
                 return
+            # a job running here wakes us at every change; one another replica runs is read again shortly
+            wait = _KEEPALIVE_SECONDS if manager.owns(job_id) else _POLL_SECONDS
             try:
-                await asyncio.wait_for(changed.wait(), _KEEPALIVE_SECONDS)
+                await asyncio.wait_for(changed.wait(), wait)
+                fired = True
             except TimeoutError:
-                yield b": keep-alive\n\n"
+                fired, quiet = False, quiet + wait
+                if quiet >= _KEEPALIVE_SECONDS:
+                    yield b": keep-alive\n\n"
+                    quiet = 0.0
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

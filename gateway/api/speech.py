@@ -158,7 +158,7 @@ async def speech(request: Request) -> Response:
         request, render(svc, synthesis, reference_id=reference.reference_id, goal=None, timeout=timeout)
     )
     svc.metrics.audio_seconds.inc(result.duration)
-    charge_audio(result.duration)
+    await charge_audio(result.duration)
     encode_started = time.perf_counter()
     if fmt == "wav" and params.sample_rate in (None, result.sample_rate):
         data, rate = result.wav, result.sample_rate  # already a PCM16 WAV: no re-encode

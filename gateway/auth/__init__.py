@@ -33,11 +33,11 @@ def _require_admin(request: Request) -> None:
         raise Forbidden("this needs a key with the admin scope")
 
 
-def _audio_quota(request: Request) -> None:
+async def _audio_quota(request: Request) -> None:
     account = getattr(request.state, "account", None)
     if not isinstance(account, Account):
         return
-    decision = account.limiter.audio_left(account.key.id, account.key.limits)
+    decision = await account.limiter.audio_left(account.key.id, account.key.limits)
     if not decision.allowed:
         raise RateLimited(
             f"key {account.key.id!r} has used its {decision.limit} audio seconds for today (UTC)",

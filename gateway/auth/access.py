@@ -42,9 +42,9 @@ class Account:
     key: ApiKey
     limiter: Limiter
 
-    def charge_audio(self, seconds: float) -> None:
+    async def charge_audio(self, seconds: float) -> None:
         if seconds > 0:
-            self.limiter.add_audio(self.key.id, seconds)
+            await self.limiter.add_audio(self.key.id, seconds)
 
 
 #: Set by the middleware for the request's task; tasks it starts (a stream's producer, a job's runner) copy it,
@@ -52,11 +52,11 @@ class Account:
 current_account: ContextVar[Account | None] = ContextVar("gateway_account", default=None)
 
 
-def charge_audio(seconds: float) -> None:
+async def charge_audio(seconds: float) -> None:
     """Count `seconds` of audio handed out against the current request's key (nothing when open)."""
     account = current_account.get()
     if account is not None:
-        account.charge_audio(seconds)
+        await account.charge_audio(seconds)
 
 
 def is_loopback(host: str) -> bool:

@@ -1,4 +1,5 @@
-"""Per-key limits behind a small interface (in-process now; a shared store can implement it later).
+"""Per-key limits behind a small async interface: in-process here, shared by every replica in Redis
+(gateway/auth/redis_limits.py) when GATEWAY_REDIS_URL is set.
 
 Requests per minute: a token bucket holding `rpm` tokens, refilled at rpm/60 per second (bursts up to rpm,
 then a steady rate; O(1) per key). Concurrency: an in-flight counter. Audio: seconds returned per UTC day,
@@ -27,14 +28,19 @@ class Decision:
     reset: float = 0.0
     #: seconds to wait before a retry can pass (refused decisions only)
     retry_after: float = 0.0
+    #: an admitted request's concurrency slot, handed back to `leave` (None: no slot was taken)
+    ticket: str | None = None
 
 
 class Limiter(Protocol):
-    def take_request(self, key_id: str, limits: Limits) -> Decision: ...
-    def enter(self, key_id: str, limits: Limits) -> Decision: ...
-    def leave(self, key_id: str) -> None: ...
-    def audio_left(self, key_id: str, limits: Limits) -> Decision: ...
-    def add_audio(self, key_id: str, seconds: float) -> None: ...
+    """Async so a shared store can answer; the in-process one never awaits (a coroutine is its only cost).
+    A store that does not answer raises a GatewayError (503): never an open door, never a 500."""
+
+    async def take_request(self, key_id: str, limits: Limits) -> Decision: ...
+    async def enter(self, key_id: str, limits: Limits) -> Decision: ...
+    async def leave(self, key_id: str, ticket: str | None) -> None: ...
+    async def audio_left(self, key_id: str, limits: Limits) -> Decision: ...
+    async def add_audio(self, key_id: str, seconds: float) -> None: ...
 
 
 @dataclass
@@ -53,7 +59,7 @@ class MemoryLimiter:
         self._in_flight: dict[str, int] = {}
         self._audio: dict[str, tuple[int, float]] = {}  # key → (UTC day number, seconds)
 
-    def take_request(self, key_id: str, limits: Limits) -> Decision:
+    async def take_request(self, key_id: str, limits: Limits) -> Decision:
         capacity = limits.rpm
         if capacity <= 0:
             return Decision(True)
@@ -69,14 +75,14 @@ class MemoryLimiter:
         retry = 0.0 if allowed else (1.0 - bucket.tokens) / rate
         return Decision(allowed, capacity, int(bucket.tokens), reset, retry)
 
-    def enter(self, key_id: str, limits: Limits) -> Decision:
+    async def enter(self, key_id: str, limits: Limits) -> Decision:
         current = self._in_flight.get(key_id, 0)
         if 0 < limits.concurrency <= current:
             return Decision(False, limits.concurrency, 0, retry_after=1.0)
         self._in_flight[key_id] = current + 1
-        return Decision(True, limits.concurrency, max(0, limits.concurrency - current - 1))
+        return Decision(True, limits.concurrency, max(0, limits.concurrency - current - 1), ticket=key_id)
 
-    def leave(self, key_id: str) -> None:
+    async def leave(self, key_id: str, ticket: str | None = None) -> None:
         left = self._in_flight.get(key_id, 0) - 1
         if left > 0:
             self._in_flight[key_id] = left
@@ -86,7 +92,7 @@ class MemoryLimiter:
     def in_flight(self, key_id: str) -> int:
         return self._in_flight.get(key_id, 0)
 
-    def audio_left(self, key_id: str, limits: Limits) -> Decision:
+    async def audio_left(self, key_id: str, limits: Limits) -> Decision:
         quota = limits.audio_seconds_per_day
         if quota <= 0:
             return Decision(True)
@@ -97,7 +103,7 @@ class MemoryLimiter:
         return Decision(left > 0, math.ceil(quota), max(0, math.floor(left)), until_midnight,
                         0.0 if left > 0 else until_midnight)
 
-    def add_audio(self, key_id: str, seconds: float) -> None:
+    async def add_audio(self, key_id: str, seconds: float) -> None:
         now = self._wall()
         self._audio[key_id] = (int(now // DAY), self._used(key_id, now) + seconds)
 

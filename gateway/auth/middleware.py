@@ -79,14 +79,22 @@ class AuthMiddleware:
                 [(b"www-authenticate", b'Bearer realm="sovits-gateway"')])
             return
         limits = account.key.limits
-        rate = auth.limiter.take_request(account.key.id, limits)
+        try:
+            rate = await auth.limiter.take_request(account.key.id, limits)
+        except GatewayError as down:  # the shared store does not answer: 503, the door stays shut
+            await self._refuse(scope, receive, send, down, [])
+            return
         headers = _rate_headers(rate)
         if not rate.allowed:
             err = RateLimited(f"key {account.key.id!r} is over its {limits.rpm} requests per minute",
                               retry_after=rate.retry_after, limit="requests_per_minute")
             await self._refuse(scope, receive, send, err, headers)
             return
-        slot = auth.limiter.enter(account.key.id, limits)
+        try:
+            slot = await auth.limiter.enter(account.key.id, limits)
+        except GatewayError as down:
+            await self._refuse(scope, receive, send, down, headers)
+            return
         if not slot.allowed:
             err = RateLimited(f"key {account.key.id!r} already has {limits.concurrency} requests in flight",
                               retry_after=slot.retry_after, limit="concurrency")
@@ -103,7 +111,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send_with_limits)
         finally:
             current_account.reset(token)
-            auth.limiter.leave(account.key.id)
+            await auth.limiter.leave(account.key.id, slot.ticket)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, err: GatewayError,
                       headers: list[tuple[bytes, bytes]]) -> None:

@@ -7,6 +7,9 @@ as batch work (interactive requests go first), every state change saved, so a re
 - Cancel: queued and running segments become `cancelled`; a running engine call is left to the pool,
   which keeps its slot until the engine really answers (nothing else lands on a busy engine).
 - Finished jobs are deleted `job_ttl` seconds after they finish, with segment audio no other job uses.
+
+With GATEWAY_REDIS_URL, SharedJobManager (replicas.py) extends this: a replica runs only the jobs whose lease
+it holds, and reads the others from their files.
 """
 
 from __future__ import annotations
@@ -42,6 +45,17 @@ def error_body(err: GatewayError) -> dict[str, Any]:
     if err.retry_after is not None:
         body["retry_after"] = err.retry_after
     return body
+
+
+def same_request(key: str, job: Job, request_sha256: str) -> Job:
+    """`job` when it was made from this body; 409 when its Idempotency-Key came with another body."""
+    if job.request_sha256 != request_sha256:
+        raise Conflict(
+            f"Idempotency-Key {key!r} was used for a different job request ({job.id})",
+            code="idempotency_key_reused",
+            job_id=job.id,
+        )
+    return job
 
 
 class JobManager:
@@ -82,37 +96,34 @@ class JobManager:
 
     # ------------------------------------------------------------------ the API's operations
 
-    def by_idempotency_key(self, key: str, request_sha256: str) -> Job | None:
+    async def by_idempotency_key(self, key: str, request_sha256: str) -> Job | None:
         """The job made earlier with this key and body; 409 when the key came with another body."""
         job_id = self._by_key.get(key)
         job = self._jobs.get(job_id) if job_id else None
-        if job is None:
-            return None
-        if job.request_sha256 != request_sha256:
-            raise Conflict(
-                f"Idempotency-Key {key!r} was used for a different job request ({job.id})",
-                code="idempotency_key_reused",
-                job_id=job.id,
-            )
-        return job
+        return same_request(key, job, request_sha256) if job is not None else None
 
     async def submit(self, job: Job) -> Job:
+        """Save and start `job`; returns the job that runs (a replica's idempotent twin may win)."""
         self._remember(job)
         await self.save(job)
         self._launch(job)
         return job
 
-    def all(self) -> list[Job]:
+    async def all(self) -> list[Job]:
         return list(self._jobs.values())
 
-    def get(self, job_id: str) -> Job:
+    def owns(self, job_id: str) -> bool:
+        """True when this process runs the job (its memory copy is the newest state, and saves wake waiters)."""
+        return job_id in self._jobs
+
+    async def get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
             raise NotFound(f"no job with id {job_id!r} (finished jobs expire after their TTL)", code="job_not_found")
         return job
 
     async def cancel(self, job_id: str) -> Job:
-        job = self.get(job_id)
+        job = await self.get(job_id)
         if job.status in FINISHED:
             return job
         task = self._tasks.pop(job_id, None)
@@ -125,18 +136,19 @@ class JobManager:
                 segment.status = "cancelled"
         self._finish(job, "cancelled")
         await self.save(job)
+        await self._released(job)
         return job
 
     async def delete(self, job_id: str) -> None:
         """Forget a finished job and its files now (the TTL would do it later)."""
-        job = self.get(job_id)
+        job = await self.get(job_id)
         if job.status not in FINISHED:
             raise Conflict(f"job {job_id} is still {job.status}; cancel it first", code="job_running")
         await self._forget([job])
 
     async def retry(self, job_id: str) -> Job:
         """Re-queue the failed segments only (done ones are kept, cancelled ones stay cancelled)."""
-        job = self.get(job_id)
+        job = await self.get(job_id)
         failed = [segment for segment in job.segments if segment.status == "failed"]
         if not failed:
             raise Conflict(f"job {job_id} has no failed segments to retry", code="nothing_to_retry")
@@ -185,11 +197,22 @@ class JobManager:
         self._finish(job, "failed" if any(s.status == "failed" for s in job.segments) else "done")
         await self.save(job)
         log.info("job %s %s: %s", job.id, job.status, job.progress())
+        await self._released(job)
+
+    async def _released(self, job: Job) -> None:
+        """The job stopped running here (finished or cancelled); replicas give up its lease."""
 
     async def _worker(self, job: Job) -> None:
-        while (segment := next((s for s in job.segments if s.status == "queued"), None)) is not None:
+        while await self._still_ours(job):
+            segment = next((s for s in job.segments if s.status == "queued"), None)
+            if segment is None:
+                return
             segment.status = "running"  # claimed before any await: no other worker takes it
             await self._run_segment(job, segment)
+
+    async def _still_ours(self, job: Job) -> bool:
+        """Whether this process may start another segment of the job (replicas: it still holds the lease)."""
+        return True
 
     async def _run_segment(self, job: Job, segment: Segment) -> None:
         await self.save(job)
@@ -212,7 +235,7 @@ class JobManager:
         metrics.job_segments.labels(outcome=segment.status).inc()
         if segment.status == "done":
             metrics.audio_seconds.inc(segment.duration or 0.0)
-            charge_audio(segment.duration or 0.0)  # the submitting request's key: its task started this one
+            await charge_audio(segment.duration or 0.0)  # the submitting request's key: its task started this one
         await self.save(job)
 
     async def _store_audio(self, segment: Segment, wav: bytes) -> None:

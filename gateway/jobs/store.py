@@ -9,7 +9,10 @@ Blocking file work: callers run these methods in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -47,6 +50,26 @@ class JobStore:
                 log.error("cannot read job file %s: %s", path, exc)
         return jobs
 
+    def read(self, job_id: str) -> Job | None:
+        """The job as its file says now (None: no such job, or a file that does not parse)."""
+        try:
+            return Job.model_validate_json(self._path(job_id).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError) as exc:
+            log.error("cannot read job file %s: %s", self._path(job_id), exc)
+            return None
+
+    def scan(self) -> dict[str, int]:
+        """Job id → its file's mtime (ns): what changed since a previous scan, without parsing anything."""
+        found = {}
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.name.endswith(".json") and not entry.name.startswith("."):
+                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                        found[entry.name.removesuffix(".json")] = entry.stat().st_mtime_ns
+        return found
+
     def delete(self, job_id: str) -> None:
         self._path(job_id).unlink(missing_ok=True)
 
@@ -55,10 +78,18 @@ class JobStore:
         path = self.audio_path(digest)
         try:
             if path.stat().st_size == len(wav):
+                os.utime(path)  # fresh again: another replica's sweep keeps files just (re)written
                 return
         except FileNotFoundError:
             pass
         write_atomic(path, wav)
+
+    def audio_age(self, digest: str) -> float:
+        """Seconds since the segment file was last written (inf when it is gone)."""
+        try:
+            return time.time() - self.audio_path(digest).stat().st_mtime
+        except FileNotFoundError:
+            return float("inf")
 
     def audio_path(self, digest: str) -> Path:
         return self.audio_dir / f"{digest}.wav"

@@ -17,6 +17,7 @@ from gateway.settings import Settings
 from gateway.voices.store import VoiceStore
 
 if TYPE_CHECKING:
+    from gateway.coord.link import RedisLink
     from gateway.jobs.runner import JobManager
 
 
@@ -38,3 +39,5 @@ class Services:
     speakers: Speakers
     #: dubbing jobs (set once the container exists: the manager renders through it)
     jobs: JobManager | None = None
+    #: the replicas' shared Redis (GATEWAY_REDIS_URL); None: one process, everything in memory
+    link: RedisLink | None = None

@@ -130,7 +130,7 @@ class OpenedStream:
             self._facts.audio_seconds = samples / self._stream.sample_rate
             # from the call to the last chunk, less the queue: the engine's time (this request's encoding included)
             self._facts.engine_seconds = time.perf_counter() - self._started - self._stream.queue_wait
-        charge_audio(samples / self._stream.sample_rate)
+        await charge_audio(samples / self._stream.sample_rate)
         buffer.close()
 
     async def aclose(self) -> None:

@@ -247,5 +247,5 @@ async def synthesize_clone(
     """`POST /v1/voice-clone` after intake: one render (result cache, pooled engine call, duration goal)."""
     result = await render(services, request, reference_id=reference.reference_id, goal=goal, timeout=timeout)
     services.metrics.audio_seconds.inc(result.duration)
-    charge_audio(result.duration)
+    await charge_audio(result.duration)
     return CloneOutcome(result, reference, request.text_language, time.perf_counter() - started)
