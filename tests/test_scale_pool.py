@@ -186,3 +186,30 @@ async def test_no_engine_is_double_booked_across_a_redis_restart(redis_server: R
     assert second is not None and second.frames > 0
     assert stats["max_in_flight"] == 1, stats
     assert [rid for path, rid in stats["request_ids"] if path == "/tts"] == ["holder", "second"]
+
+
+async def test_streams_hold_their_lease_to_the_last_chunk_even_when_left_early(
+    redis_server: RedisServer, ref: Path
+) -> None:
+    """A stream holds the engine's lease until its last chunk (or, left early, its drain): another replica's
+    request waits for it, and the engine never has two at once."""
+    text = "One sentence. Another sentence. And a third one, to make several chunks."
+    with running_engine("--debug-routes", "--segment-delay", "0.3") as engine:
+        async with replicas([engine], redis_server, 2, probe_interval=60.0) as (a, b):
+            async def stream_all() -> int:
+                async with a.stream(synthesis_request(ref, text=text)) as stream:
+                    return sum([len(chunk) async for chunk in stream.chunks()])
+
+            async def stream_one_chunk() -> None:
+                async with b.stream(synthesis_request(ref, text=text)) as stream:
+                    async for _ in stream.chunks():
+                        break  # the consumer goes away: the slot drains, then returns
+
+            whole = asyncio.create_task(stream_all())
+            await asyncio.sleep(0.1)
+            others = [asyncio.create_task(b.synthesize(synthesis_request(ref))), asyncio.create_task(stream_one_chunk())]
+            assert await whole > 0
+            await asyncio.gather(*others)
+            assert (await a.synthesize(synthesis_request(ref))).frames > 0  # the abandoned stream's lease came back
+        stats = await engine_stats_async(engine.url)
+    assert stats["max_in_flight"] == 1, stats
