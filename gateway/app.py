@@ -29,6 +29,7 @@ from gateway.services.reference_cache import ReferenceCache
 from gateway.services.result_cache import ResultCache
 from gateway.services.speaking_rate import SpeakingRates
 from gateway.settings import Settings
+from gateway.speaker import load_encoder
 from gateway.voices.store import VoiceStore
 from gateway.web import mount_web
 
@@ -39,6 +40,7 @@ EXPOSED_HEADERS = [
     "X-Request-ID", "X-Audio-Duration", "X-Sample-Rate", "X-Engine", "X-Engine-Attempts", "X-Cache",
     "X-Reference-Id", "X-Voice-Id", "Retry-After", "Location", "Content-Disposition",
     "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+    "X-Quality-Ok", "X-Quality-Problems", "X-Quality-Attempts", "X-Quality-Similarity",
 ]
 
 
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reference_cache=ReferenceCache(settings.reference_cache_size),
             result_cache=result_cache,
             speaking_rate=SpeakingRates(),
+            speaker_encoder=load_encoder(settings),
         )
         services = app.state.services
         auth.start()

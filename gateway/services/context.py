@@ -13,6 +13,7 @@ from gateway.services.reference_cache import ReferenceCache
 from gateway.services.result_cache import ResultCache
 from gateway.services.speaking_rate import SpeakingRates
 from gateway.settings import Settings
+from gateway.speaker import SpeakerEncoder
 from gateway.voices.store import VoiceStore
 
 if TYPE_CHECKING:
@@ -33,5 +34,7 @@ class Services:
     result_cache: ResultCache
     #: per voice and language speaking rates learned from renders (duration targeting's first guess)
     speaking_rate: SpeakingRates
+    #: the speaker encoder of the `quality` extra (min_similarity); None when it is not installed
+    speaker_encoder: SpeakerEncoder | None = None
     #: dubbing jobs (set once the container exists: the manager renders through it)
     jobs: JobManager | None = None
