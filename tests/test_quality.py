@@ -130,6 +130,10 @@ def test_retries_regenerate_a_failing_clip_with_a_new_seed(
     assert body["attempts"] == 2  # engine calls, both counted
     samples, rate = decode_wav(base64.b64decode(body["output_audio_base64"]))
     assert_speech(samples, rate, expected_rate=32000, min_seconds=1.0, max_seconds=8.0)  # the good clip
+    # a regenerated clip is not what seed 7 makes: it was not stored under seed 7's key
+    again = clone(gateway.url, reference, prompt_text="A sample of my voice.", quality_retries="2", seed="7")
+    assert again.headers["x-cache"] == "miss" and again.json()["quality"]["attempts"][0]["seed"] == 7
+    assert clone(gateway.url, reference, prompt_text="A sample of my voice.", seed="7").headers["x-cache"] == "hit"
 
 
 def test_when_every_attempt_fails_the_best_is_returned(
