@@ -25,7 +25,7 @@ import numpy as np
 import soundfile
 
 from bench._procs import free_port, process
-from gateway.audio.quality import check
+from gateway.audio.quality import QualityLimits, check
 from gateway.audio.wav import wav_samples
 
 TEXTS: list[tuple[str, str]] = [
@@ -57,8 +57,10 @@ def write_reference(path: Path, f0: float, rate: int = 32000, seconds: float = 5
     return str(path)
 
 
-def render(client: httpx.Client, url: str, ref: str, language: str, text: str, rng: random.Random) -> list[str]:
-    """One mode-0 synthesis, checked; the problems found."""
+def render(
+    client: httpx.Client, url: str, ref: str, language: str, text: str, rng: random.Random
+) -> tuple[list[str], float | None]:
+    """One mode-0 synthesis, checked: the problems found, and speech seconds / expected seconds."""
     speed = rng.choice((0.8, 1.0, 1.0, 1.25))
     body = {"text": text, "text_lang": "en" if language == "auto" else language, "ref_audio_path": ref,
             "prompt_lang": "en", "prompt_text": "A reference.", "seed": rng.randrange(2**31),
@@ -66,12 +68,14 @@ def render(client: httpx.Client, url: str, ref: str, language: str, text: str, r
     response = client.post(f"{url}/tts", json=body)
     response.raise_for_status()
     samples, rate = wav_samples(response.content)
-    return check(samples, rate, text, language, speed).problems
+    report = check(samples, rate, text, language, speed)
+    ratio = report.speech_seconds / report.expected_seconds if report.expected_seconds else None
+    return report.problems, ratio
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7, help="passes over the texts for the clean outputs")
+    parser.add_argument("--rounds", type=int, default=4, help="passes over the texts for the clean outputs")
     args = parser.parse_args()
     rng = random.Random(14)
     port = free_port()
@@ -81,15 +85,19 @@ def main() -> None:
             process(command, f"{url}/openapi.json"), httpx.Client(timeout=120) as client:
         refs = [write_reference(Path(tmp) / f"ref{f0}.wav", f0) for f0 in (100.0, 150.0, 220.0)]
         conditions: list[tuple[str, int]] = [("clean", args.rounds), *[(fault, 1) for fault in FAULTS]]
-        print(f"{'condition':<12} {'outputs':>7} {'flagged':>7} {'share':>7}  problems  (seconds)")
+        limits = QualityLimits()
+        print(f"{'condition':<12} {'outputs':>7} {'flagged':>7} {'share':>7}  problems  (speech/expected "
+              f"range; flagged below {limits.min_rate_ratio} or above {limits.max_rate_ratio} + 1 s)")
         for condition, rounds in conditions:
             client.post(f"{url}/_faults", json={"fault": None if condition == "clean" else condition})
             started = time.perf_counter()
             outputs, flagged, reasons = 0, 0, Counter[str]()
             missed: list[str] = []
+            ratios: list[float] = []
             for _ in range(rounds):
                 for language, text in TEXTS:
-                    problems = render(client, url, rng.choice(refs), language, text, rng)
+                    problems, ratio = render(client, url, rng.choice(refs), language, text, rng)
+                    ratios.extend([ratio] if ratio is not None else [])
                     outputs += 1
                     flagged += bool(problems)
                     reasons.update(problems)
@@ -98,7 +106,7 @@ def main() -> None:
             share = flagged / outputs
             detail = ", ".join(f"{name} {count}" for name, count in reasons.most_common()) or "-"
             print(f"{condition:<12} {outputs:>7} {flagged:>7} {share:>7.1%}  {detail}  "
-                  f"({time.perf_counter() - started:.0f} s)")
+                  f"(speech/expected {min(ratios):.2f}-{max(ratios):.2f}; {time.perf_counter() - started:.0f} s)")
             if missed:
                 print(f"{'':<12} {'wrongly flagged' if condition == 'clean' else 'missed'}: {'; '.join(missed[:6])}")
 

@@ -47,6 +47,7 @@ class QualityReport:
     silence: float
     clipping: float
     seconds: float
+    speech_seconds: float  # non-silent frames only: what the rate check compares
     expected_seconds: float | None  # None: the text has nothing to speak
     problems: list[str] = field(default_factory=list)
     similarity: float | None = None  # set by the render service when min_similarity asks for it
@@ -63,6 +64,7 @@ class QualityReport:
             "silence": round(self.silence, 4),
             "clipping": round(self.clipping, 5),
             "seconds": round(self.seconds, 3),
+            "speech_seconds": round(self.speech_seconds, 3),
             "expected_seconds": None if self.expected_seconds is None else round(self.expected_seconds, 3),
             "similarity": None if self.similarity is None else round(self.similarity, 4),
             "seed": self.seed,
@@ -137,16 +139,16 @@ def check(
     clipping = clipping_ratio(samples)
     seconds = len(samples) / rate if rate else 0.0
     expected = expected_seconds(text, language, speed)
+    spoken = speech_seconds(samples, rate)
     problems: list[str] = []
     if silence > limits.max_silence:
         problems.append("silent")
     if clipping > limits.max_clipping:
         problems.append("clipping")
     if expected is not None:
-        spoken = speech_seconds(samples, rate)
         if spoken < expected * limits.min_rate_ratio and "silent" not in problems:
             problems.append("too_short")
         if spoken > expected * limits.max_rate_ratio + RATE_SLACK_SECONDS:
             problems.append("too_long")
-    return QualityReport(silence=silence, clipping=clipping, seconds=seconds, expected_seconds=expected,
-                         problems=problems)
+    return QualityReport(silence=silence, clipping=clipping, seconds=seconds, speech_seconds=spoken,
+                         expected_seconds=expected, problems=problems)
