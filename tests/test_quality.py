@@ -15,7 +15,7 @@ import soxr
 
 from gateway.cpu_engine import adapt
 from gateway.speaker import ENCODER_RATE, cosine
-from tests.gateway_support import GatewayServer, clone, fast_settings, running_gateway
+from tests.gateway_support import CLONE_TEXT, GatewayServer, clone, fast_settings, running_gateway
 from tests.support import (
     EngineProcess,
     assert_error,
@@ -100,6 +100,11 @@ def test_a_bad_clip_is_flagged_not_refused(
     # the client still gets the audio: the flag is a report, the clip may be usable
     samples, _ = decode_wav(base64.b64decode(body["output_audio_base64"]))
     assert len(samples) > 0
+    # and a flagged clip teaches the speaking-rate predictor nothing (an endless one would skew every guess)
+    rates = gateway.app.state.services.speaking_rate
+    learned = rates.predict(body["reference_id"], "en", CLONE_TEXT)
+    _ok_clone(gateway, reference)
+    assert rates.predict(body["reference_id"], "en", CLONE_TEXT) == learned
 
 
 def test_speech_reports_quality_in_headers(gateway: GatewayServer, engine: EngineProcess, reference: bytes) -> None:
@@ -143,6 +148,18 @@ def test_when_every_attempt_fails_the_best_is_returned(
     body, response = _ok_clone(gateway, reference, quality_retries="1")
     assert body["quality"]["ok"] is False and len(body["quality"]["attempts"]) == 2
     assert response.headers["x-quality-attempts"] == "2"
+
+
+def test_a_stored_failing_clip_is_not_served_to_a_request_that_allows_retries(
+    gateway: GatewayServer, engine: EngineProcess, reference: bytes
+) -> None:
+    set_engine_faults(engine.url, fault="mute", fault_count=1)
+    first, _ = _ok_clone(gateway, reference, seed="9")  # no retries: the silent clip is the answer, and stored
+    assert first["quality"]["ok"] is False
+    hit, response = _ok_clone(gateway, reference, seed="9")
+    assert response.headers["x-cache"] == "hit" and hit["quality"]["problems"] == ["silent"]
+    retried, response = _ok_clone(gateway, reference, seed="9", quality_retries="1")
+    assert response.headers["x-cache"] == "miss" and retried["quality"]["ok"] is True
 
 
 def test_wrong_voice_fails_min_similarity(
