@@ -180,6 +180,11 @@ def test_wrong_voice_fails_min_similarity(
 def test_min_similarity_without_an_encoder_is_501(gateway: GatewayServer, reference: bytes) -> None:
     response = clone(gateway.url, reference, prompt_text="A sample.", min_similarity="0.7")
     assert_error(response, 501, "speaker_encoder_unavailable", contains="quality")
+    speech = httpx.post(f"{gateway.url}/v1/audio/speech", timeout=60, json={
+        "input": "Hello.", "voice": "missing-is-not-checked-first", "stream": False, "min_similarity": 0.7})
+    assert_error(speech, 501, "speaker_encoder_unavailable")  # before any voice or reference work
+    spec = httpx.get(f"{gateway.url}/openapi.json").json()["paths"]
+    assert all("501" in spec[path]["post"]["responses"] for path in ("/v1/voice-clone", "/v1/audio/speech"))
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ REASONS = {
     415: "The body is neither JSON nor a form",
     422: "A field is missing or invalid",
     429: "Too many requests: the queue is full or a key's limit is reached (see Retry-After)",
+    501: "A speaker encoder is needed (min_similarity) and the 'quality' extra is not installed",
     502: "The engine answered with an error or unusable audio, on every attempt",
     503: "No engine can serve (or the shared dir cannot be written); retry after Retry-After",
     504: "The engine did not answer within the request's deadline",
@@ -54,8 +55,8 @@ _ENGINE = (429, 502, 503, 504)
 _LIBRARY_WRITE = (409, 503)
 #: Errors a route may answer beyond the rules (method, path): what its handler raises itself.
 _EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/v1/voice-clone"): (404, *_ENGINE),
-    ("post", "/v1/audio/speech"): (404, *_ENGINE),
+    ("post", "/v1/voice-clone"): (404, 501, *_ENGINE),
+    ("post", "/v1/audio/speech"): (404, 501, *_ENGINE),
     ("post", "/v1/voices"): (*_LIBRARY_WRITE,),
     ("put", "/v1/voices/default"): (404, *_LIBRARY_WRITE),
     ("delete", "/v1/voices/default"): (503,),
