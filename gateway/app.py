@@ -43,6 +43,7 @@ EXPOSED_HEADERS = [
     "X-Request-ID", "X-Audio-Duration", "X-Sample-Rate", "X-Engine", "X-Engine-Attempts", "X-Cache",
     "X-Reference-Id", "X-Voice-Id", "Retry-After", "Location", "Content-Disposition",
     "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+    "X-Quality-Ok", "X-Quality-Problems", "X-Quality-Attempts", "X-Quality-Similarity",
 ]
 
 

@@ -60,6 +60,10 @@ class Metrics:
             "gateway_duration_targets", "Renders fitted to a target duration, by method and whether they fit",
             ["method", "within"], registry=r,
         )
+        self.quality_checks = Counter(
+            "gateway_quality_checks", "Rendered clips checked for quality (ok, flagged); each regeneration counts",
+            ["outcome"], registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -100,6 +100,17 @@ class Settings(BaseSettings):
         200_000_000, gt=0, description="cap per file on a job (source track, subtitles, speaker references)"
     )
 
+    # --- quality checks on every whole clip (gateway/audio/quality.py; calibrated on the CPU engine)
+    quality_max_silence: float = Field(0.9, gt=0, le=1, description="flag a clip with more silent 20 ms frames")
+    quality_max_clipping: float = Field(0.001, ge=0, le=1, description="flag a clip with more full-scale samples")
+    quality_min_rate_ratio: float = Field(
+        0.45, gt=0, le=1, description="flag speech shorter than this share of the text's typical duration"
+    )
+    quality_max_rate_ratio: float = Field(
+        2.5, ge=1, description="flag speech longer than this many times the text's typical duration (+1 s)"
+    )
+    max_aux_references: int = Field(4, ge=0, le=16, description="extra references a voice or request may carry")
+
     # --- several replicas (gateway/coord): engine slots, queue, engine state, jobs and key limits in Redis
     redis_url: str | None = Field(
         None, description="redis://host:6379/0 to share engines between replicas; unset: one process, no Redis"

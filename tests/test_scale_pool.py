@@ -207,7 +207,8 @@ async def test_streams_hold_their_lease_to_the_last_chunk_even_when_left_early(
 
             whole = asyncio.create_task(stream_all())
             await asyncio.sleep(0.1)
-            others = [asyncio.create_task(b.synthesize(synthesis_request(ref))), asyncio.create_task(stream_one_chunk())]
+            others = [asyncio.create_task(b.synthesize(synthesis_request(ref))),
+                      asyncio.create_task(stream_one_chunk())]
             assert await whole > 0
             await asyncio.gather(*others)
             assert (await a.synthesize(synthesis_request(ref))).frames > 0  # the abandoned stream's lease came back

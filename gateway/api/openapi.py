@@ -55,8 +55,8 @@ _ENGINE = (429, 502, 503, 504)
 _LIBRARY_WRITE = (409, 503)
 #: Errors a route may answer beyond the rules (method, path): what its handler raises itself.
 _EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/v1/voice-clone"): (404, *_ENGINE),
-    ("post", "/v1/audio/speech"): (404, *_ENGINE),
+    ("post", "/v1/voice-clone"): (404, 501, *_ENGINE),
+    ("post", "/v1/audio/speech"): (404, 501, *_ENGINE),
     ("post", "/v1/voices"): (*_LIBRARY_WRITE,),
     ("put", "/v1/voices/default"): (404, *_LIBRARY_WRITE),
     ("delete", "/v1/voices/default"): (503,),

@@ -18,13 +18,16 @@ from pydantic import BaseModel, Field
 from gateway.api.context import request_arrived, request_timeout, services, unless_disconnected
 from gateway.api.params import EngineKnobs, openapi_body, parse_params
 from gateway.api.uploads import is_json, read_json, read_multipart
+from gateway.api.voice_clone import quality_headers
 from gateway.audio.convert import OUTPUT_FORMATS, encode
 from gateway.audio.wav import wav_samples
 from gateway.auth import charge_audio, spends_audio
 from gateway.engine.types import SynthesisRequest
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, InvalidInput, NotFound
 from gateway.logs import request_facts
 from gateway.services.context import Services
+from gateway.services.params import QualityFields
+from gateway.services.quality import QualityOptions, encoder_for
 from gateway.services.render import render
 from gateway.services.streaming import EngineAudioResponse, open_stream, stream_deadline
 from gateway.services.synthesis import (
@@ -51,7 +54,7 @@ class VoiceRef(BaseModel):
     id: str = Field(min_length=1, max_length=128)
 
 
-class SpeechParams(EngineKnobs):
+class SpeechParams(QualityFields, EngineKnobs):
     """The OpenAI request plus our extras; `speed` follows OpenAI's 0.25–4 range (→ the engine's speed factor)."""
 
     model: str = "gpt-sovits"  # any value; a GATEWAY_MODELS name also selects those weights
@@ -99,13 +102,21 @@ async def _prepare(request: Request, svc: Services) -> tuple[SpeechParams, Synth
     The raw upload dies with this frame: it is not held in memory through the queue wait."""
     limit = svc.settings.max_upload_bytes
     audio: bytes | None = None
+    aux_audio: list[bytes] = []
     if is_json(request):
         params = parse_params(SpeechParams, await read_json(request, max_bytes=1_000_000))
     else:
-        form = await read_multipart(request, max_file_bytes=limit, file_fields=frozenset({"reference_audio"}))
+        form = await read_multipart(request, max_file_bytes=limit, file_fields=frozenset({"reference_audio"}),
+                                    repeatable=frozenset({"aux_audio"}), max_repeats=svc.settings.max_aux_references)
         params = parse_params(SpeechParams, dict(form.fields))
         audio = form.files["reference_audio"].data if "reference_audio" in form.files else None
+        aux_audio = [upload.data for upload in form.repeated.get("aux_audio", [])]
     _check_format(params)
+    if params.stream and (params.quality_retries or params.min_similarity is not None):
+        # a stream's headers leave before its audio exists: there is nothing to check or regenerate yet
+        raise InvalidInput("quality_retries and min_similarity need the whole clip; send stream=false",
+                           code="quality_needs_whole_clip")
+    await encoder_for(svc, QualityOptions(min_similarity=params.min_similarity))  # 501 before any reference work
     text = check_text(svc, params.input)
     check_named_languages(svc, text_language=params.text_language, prompt_language=params.prompt_language)
     # an uploaded reference wins over `voice` (the SDK always sends a voice)
@@ -117,6 +128,7 @@ async def _prepare(request: Request, svc: Services) -> tuple[SpeechParams, Synth
         prompt_text=params.prompt_text or params.reference_text or "",
         prompt_language=params.prompt_language,
         how_to_send="name a saved 'voice' or upload 'reference_audio'",
+        aux_audio=aux_audio,
     )
     text_language = check_language(
         svc, params.text_language or reference.prompt_language or "auto", "text_language"
@@ -135,9 +147,14 @@ async def _prepare(request: Request, svc: Services) -> tuple[SpeechParams, Synth
     dependencies=[spends_audio],
     response_class=Response,
     responses={200: {"content": {t: {} for t in OUTPUT_FORMATS.values()}, "description": "audio bytes"}},
-    openapi_extra=openapi_body(SpeechParams, files={"reference_audio": "a reference recording instead of `voice`"}),
+    openapi_extra=openapi_body(SpeechParams, files={
+        "reference_audio": "a reference recording instead of `voice`",
+        "aux_audio": "an extra reference of the same voice (repeatable; api_v2 engines fuse the timbre)",
+    }),
 )
 async def speech(request: Request) -> Response:
+    """Streaming answers carry no `X-Quality-*`: their headers leave before the audio exists, so nothing can
+    be checked in time (the whole-clip answer, `stream: false`, is checked and may be regenerated)."""
     svc = services(request)
     timeout = request_timeout(request)
     params, synthesis, reference = await _prepare(request, svc)
@@ -154,8 +171,10 @@ async def speech(request: Request) -> Response:
         headers["X-Engine"] = opened.engine
         headers["X-Engine-Attempts"] = str(opened.attempts)
         return EngineAudioResponse(opened, media_type=OUTPUT_FORMATS[fmt], headers=headers, deadline=deadline)
+    options = QualityOptions(params.quality_retries, params.min_similarity, reference.local_path)
     result = await unless_disconnected(
-        request, render(svc, synthesis, reference_id=reference.reference_id, goal=None, timeout=timeout)
+        request,
+        render(svc, synthesis, reference_id=reference.reference_id, goal=None, timeout=timeout, quality=options),
     )
     svc.metrics.audio_seconds.inc(result.duration)
     await charge_audio(result.duration)
@@ -173,6 +192,7 @@ async def speech(request: Request) -> Response:
     headers = _audio_headers(rate, reference)
     headers["X-Audio-Duration"] = f"{result.duration:.3f}"
     headers["X-Cache"] = result.cache_status
+    headers.update(quality_headers(result.quality))
     if result.engine is not None:  # None: from the result cache
         headers["X-Engine"] = result.engine.id
         headers["X-Engine-Attempts"] = str(result.attempts)

@@ -48,6 +48,8 @@ class UploadedFile:
 class Form:
     fields: dict[str, str] = field(default_factory=dict)
     files: dict[str, UploadedFile] = field(default_factory=dict)
+    #: files of a repeatable field (e.g. `aux_audio`), in the order sent
+    repeated: dict[str, list[UploadedFile]] = field(default_factory=dict)
 
 
 def _file_field_allowed(name: str, file_fields: frozenset[str]) -> bool:
@@ -61,10 +63,15 @@ def _file_field_allowed(name: str, file_fields: frozenset[str]) -> bool:
 class _FormBuilder:
     """python-multipart callbacks that collect parts while enforcing per-part caps."""
 
-    def __init__(self, max_file_bytes: int, file_fields: frozenset[str]) -> None:
+    def __init__(
+        self, max_file_bytes: int, file_fields: frozenset[str], repeatable: frozenset[str] = frozenset(),
+        max_repeats: int = 1,
+    ) -> None:
         self.form = Form()
         self.max_file_bytes = max_file_bytes
-        self.file_fields = file_fields
+        self.file_fields = file_fields | repeatable
+        self.repeatable = repeatable
+        self.max_repeats = max_repeats
         self._parts = 0
         self._field_bytes = 0
         self._headers: dict[bytes, bytes] = {}
@@ -104,6 +111,9 @@ class _FormBuilder:
                                code="unexpected_file")
         if self._is_file and self._name in self.form.files:
             raise InvalidInput(f"file field '{self._name[:64]}' was sent twice", code="unexpected_file")
+        if self._is_file and len(self.form.repeated.get(self._name, [])) >= self.max_repeats:
+            raise InvalidInput(f"at most {self.max_repeats} '{self._name[:64]}' files are allowed",
+                               code="too_many_files", field=self._name[:64])
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         self._buffer += data[start:end]
@@ -123,9 +133,13 @@ class _FormBuilder:
     def on_part_end(self) -> None:
         if self._is_file:
             content_type = self._headers.get(b"content-type")
-            self.form.files[self._name] = UploadedFile(
+            upload = UploadedFile(
                 self._filename, content_type.decode("latin-1") if content_type else None, bytes(self._buffer)
             )
+            if self._name in self.repeatable:
+                self.form.repeated.setdefault(self._name, []).append(upload)
+            else:
+                self.form.files[self._name] = upload
         else:
             try:
                 self.form.fields[self._name] = self._buffer.decode("utf-8")
@@ -150,13 +164,14 @@ def is_json(request: Request) -> bool:
     return content_type.lower() == b"application/json"
 
 
-def multipart_allowance(max_file_bytes: int, file_fields: frozenset[str]) -> int:
+def multipart_allowance(max_file_bytes: int, file_fields: frozenset[str], repeated_files: int = 0) -> int:
     """The most a multipart body may hold: every file at its cap, the text fields at theirs, the framing.
 
     One number whether the body declares its length (refused up front) or arrives chunked (cut off once
     it passes): the part caps decide what fits, this only bounds what they never see (preamble, epilogue).
     """
-    return max_file_bytes * max(1, len(file_fields)) + MAX_FIELDS_TOTAL_BYTES + MULTIPART_OVERHEAD_BYTES
+    files = max(1, len(file_fields) + repeated_files)
+    return max_file_bytes * files + MAX_FIELDS_TOTAL_BYTES + MULTIPART_OVERHEAD_BYTES
 
 
 def _declared_length(request: Request) -> int | None:
@@ -164,8 +179,13 @@ def _declared_length(request: Request) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-async def read_multipart(request: Request, *, max_file_bytes: int, file_fields: frozenset[str]) -> Form:
+async def read_multipart(
+    request: Request, *, max_file_bytes: int, file_fields: frozenset[str], repeatable: frozenset[str] = frozenset(),
+    max_repeats: int = 1,
+) -> Form:
     """Parse a multipart/form-data body as it streams in; 413 as soon as a part passes its cap.
+
+    Files of a `repeatable` field may come up to `max_repeats` times (422 beyond), into `Form.repeated`.
 
     A urlencoded form (no files, e.g. `curl -d text=... -d voice_id=...`) is accepted too.
     """
@@ -186,7 +206,7 @@ async def read_multipart(request: Request, *, max_file_bytes: int, file_fields: 
             f"multipart boundary is {len(boundary)} characters; at most {MAX_BOUNDARY_CHARS} are allowed (RFC 2046)",
             code="malformed_body",
         )
-    allowance = multipart_allowance(max_file_bytes, file_fields)
+    allowance = multipart_allowance(max_file_bytes, file_fields, len(repeatable) * max_repeats)
     too_large = PayloadTooLarge(
         f"request body is larger than the {allowance} byte limit for this form "
         f"(files up to {max_file_bytes} bytes each, plus form fields)",
@@ -196,7 +216,7 @@ async def read_multipart(request: Request, *, max_file_bytes: int, file_fields: 
     if declared is not None and declared > allowance:
         await _drain(request)
         raise too_large
-    builder = _FormBuilder(max_file_bytes, file_fields)
+    builder = _FormBuilder(max_file_bytes, file_fields, repeatable, max_repeats)
     callbacks = {
         name: getattr(builder, name)
         for name in ("on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",

@@ -16,7 +16,7 @@ from gateway.api.params import openapi_body, parse_params
 from gateway.api.uploads import read_json, read_multipart
 from gateway.auth import require_admin
 from gateway.errors import InvalidInput
-from gateway.services.references import intake_reference
+from gateway.services.references import intake_reference, naming_aux
 from gateway.services.synthesis import check_language, resolve_weights
 from gateway.services.voices import write_library
 from gateway.voices.store import Voice
@@ -50,12 +50,19 @@ class DefaultVoice(BaseModel):
     status_code=201,
     summary="Create a voice from a reference recording",
     dependencies=[require_admin],
-    openapi_extra=openapi_body(VoiceFields, files={"audio": "the reference recording"}, json_body=False,
-                                required_files=("audio",)),
+    openapi_extra=openapi_body(
+        VoiceFields,
+        files={"audio": "the reference recording",
+               "aux_audio": "an extra reference of the same voice (repeatable; api_v2 engines fuse the timbre)"},
+        json_body=False, required_files=("audio",),
+    ),
 )
 async def create_voice(request: Request) -> CreatedVoice:
     svc = services(request)
-    form = await read_multipart(request, max_file_bytes=svc.settings.max_upload_bytes, file_fields=frozenset({"audio"}))
+    form = await read_multipart(
+        request, max_file_bytes=svc.settings.max_upload_bytes, file_fields=frozenset({"audio"}),
+        repeatable=frozenset({"aux_audio"}), max_repeats=svc.settings.max_aux_references,
+    )
     fields = parse_params(VoiceFields, dict(form.fields))
     upload = form.files.get("audio")
     if upload is None:
@@ -63,6 +70,11 @@ async def create_voice(request: Request) -> CreatedVoice:
     language = check_language(svc, fields.prompt_language, "prompt_language")
     weights = resolve_weights(svc, fields.model)
     reference, _ = await intake_reference(svc, upload.data, trim_to_max=fields.trim_reference)
+    # each extra reference passes the same intake checks as the main one (a bad one names its field)
+    aux = []
+    for index, extra in enumerate(form.repeated.get("aux_audio", [])):
+        with naming_aux(index):
+            aux.append((await intake_reference(svc, extra.data, trim_to_max=fields.trim_reference))[0])
     embedding, similar = await svc.speakers.embed_new_voice(svc.voices, reference)
     voice = await write_library(
         svc,
@@ -74,6 +86,7 @@ async def create_voice(request: Request) -> CreatedVoice:
             prompt_language=language,
             description=fields.description,
             weights=weights,
+            aux_references=aux,
         ),
     )
     if embedding is not None:

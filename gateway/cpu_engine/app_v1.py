@@ -18,7 +18,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway.cpu_engine.control import handle_control
-from gateway.cpu_engine.faults import Fault, InjectedFault
+from gateway.cpu_engine.degrade import degrade
+from gateway.cpu_engine.faults import AUDIO_FAULTS, Fault, InjectedFault
 from gateway.cpu_engine.framing import PLACEHOLDER_RATE, encode, encode_wav, placeholder_silence
 from gateway.cpu_engine.pipeline import in_thread, iterate_in_thread
 from gateway.cpu_engine.responses import EngineStream, StreamAborted, wait_for_disconnect
@@ -95,6 +96,8 @@ async def _body(state: EngineState, job: V1Job, fault: Fault | None) -> AsyncIte
                     raise StreamAborted("injected fault: truncate")
             return
         collected: list[np.ndarray] = await in_thread(list, segments)
+        if fault in AUDIO_FAULTS and collected:
+            collected = [await in_thread(degrade, fault, np.concatenate(collected), params.output_rate)]
         body = await in_thread(_encode_segments, media_type, collected, params.output_rate)
     except StreamAborted:
         raise

@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from gateway.cpu_engine.control import handle_control
-from gateway.cpu_engine.faults import Fault, InjectedFault
+from gateway.cpu_engine.degrade import degrade
+from gateway.cpu_engine.faults import AUDIO_FAULTS, Fault, InjectedFault
 from gateway.cpu_engine.framing import MEDIA_TYPES, PLACEHOLDER_RATE, encode, placeholder_silence, wav_stream_header
 from gateway.cpu_engine.instant import InstantSynthesizer
 from gateway.cpu_engine.instant import encoded as instant_body
@@ -126,6 +127,8 @@ async def serve_tts(state: EngineState, request: Request, req: dict[str, Any], t
         return _bad_request(STREAMING_MODE_MESSAGE)
     if mode in (2, 3) and state.version in VERSIONS_NEEDING_PROMPT:
         mode = 1  # v3/v4 cannot stream tokens; the engine falls back to whole segments
+    # what api_v2 would fuse for timbre (tests check the gateway sends it)
+    state.stats.aux_ref_audio_paths = [str(path) for path in req.get("aux_ref_audio_paths") or []]
     fault = state.faults.admit()
     await state.lock.acquire()
     handed_off = False
@@ -165,6 +168,8 @@ async def _whole(state: EngineState, req: dict[str, Any], fault: Fault | None) -
             audio, rate = placeholder_silence(), PLACEHOLDER_RATE
         else:
             audio, rate = await in_thread(whole_audio, state.synthesizer, params)
+            if fault in AUDIO_FAULTS and rate != PLACEHOLDER_RATE:
+                audio = await in_thread(degrade, fault, audio, rate)
         body = await in_thread(encode, media_type, audio, rate)
     except Exception as exc:  # the engine turns every failure here into the same 400 envelope
         return _bad_request("tts failed", Exception=str(exc))

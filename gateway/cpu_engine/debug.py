@@ -23,6 +23,7 @@ class FaultChange(BaseModel):
     fault: Fault | None = None
     delay: float | None = Field(default=None, ge=0)
     fault_after: int | None = Field(default=None, ge=0)
+    fault_count: int | None = Field(default=None, ge=1)  # null: no limit
 
 
 #: How many `X-Request-ID`s `/_stats` remembers (the newest last).

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--fault", choices=FAULTS, default=None, help="fault applied to synthesis requests")
     faults.add_argument("--fault-after", type=int, default=0, metavar="N",
                         help="let N admitted synthesis requests through healthy first")
+    faults.add_argument("--fault-count", type=int, default=None, metavar="N",
+                        help="stop the fault after N faulty requests (default: never)")
     faults.add_argument("--exit-after", type=int, default=None, metavar="N",
                         help="serve N synthesis requests, then crash (os._exit) on the next one")
     faults.add_argument("--debug-routes", action="store_true", help="enable GET /_stats and POST /_faults")
@@ -79,7 +81,8 @@ def build_state(args: argparse.Namespace, synthesizer: object) -> EngineState:
         default = DefaultReference()
     stream_mode, media_type = _legacy_modes(args.stream_mode, args.media_type)
     settings = FaultSettings(fault=args.fault, delay=args.delay, segment_delay=args.segment_delay,
-                             fault_after=args.fault_after, exit_after=args.exit_after)
+                             fault_after=args.fault_after, exit_after=args.exit_after,
+                             fault_count=args.fault_count)
     return EngineState(
         flavor=args.flavor,
         version=args.model_version,

@@ -112,6 +112,8 @@ class Stats:
     in_flight: int = 0
     max_in_flight: int = 0
     set_weights_calls: int = 0
+    #: `aux_ref_audio_paths` of the latest admitted api_v2 synthesis
+    aux_ref_audio_paths: list[str] = field(default_factory=list)
 
     def enter(self) -> Ticket:
         """Count a request as in flight from handler entry, i.e. before it waits for the engine lock."""
@@ -211,4 +213,5 @@ class EngineState:
             "gpt_weights": self.gpt_weights,
             "sovits_weights": self.sovits_weights,
             "set_weights_calls": self.stats.set_weights_calls,
+            "aux_ref_audio_paths": self.stats.aux_ref_audio_paths,
         }

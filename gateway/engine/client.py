@@ -182,7 +182,7 @@ class VoiceCloner:
             protocol_v1.check_request(req, self.id)
             body, warnings = protocol_v1.build_synthesis_body(req)
             return protocol_v1.SYNTHESIS_PATH, body, warnings, protocol_v1.classify_error
-        body, warnings = protocol_v2.build_tts_body(req, streaming=streaming)
+        body, warnings = protocol_v2.build_tts_body(req, streaming=streaming, version=self.info.version)
         return protocol_v2.SYNTHESIS_PATH, body, warnings, protocol_v2.classify_error
 
     def _timeouts(self, seconds: float) -> httpx.Timeout:

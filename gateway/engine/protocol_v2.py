@@ -105,8 +105,14 @@ def split_method_for(req: SynthesisRequest) -> tuple[str, list[str]]:
     return method, [f"cut_punc {req.cut_punc!r} approximated by text_split_method=cut5 (every punctuation mark)"]
 
 
-def build_tts_body(req: SynthesisRequest, *, streaming: bool) -> tuple[dict[str, Any], list[str]]:
-    """SynthesisRequest → the JSON body of `POST /tts`, plus warnings about approximated knobs."""
+#: Model versions that take `aux_ref_audio_paths` without using them (engine-protocol §3.3: only the main one).
+MAIN_REFERENCE_ONLY = frozenset({"v3", "v4"})
+
+
+def build_tts_body(
+    req: SynthesisRequest, *, streaming: bool, version: str | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """SynthesisRequest → the JSON body of `POST /tts`, plus warnings about approximated or ignored knobs."""
     method, warnings = split_method_for(req)
     chosen: dict[str, Any] = {
         "top_k": req.top_k,
@@ -135,6 +141,8 @@ def build_tts_body(req: SynthesisRequest, *, streaming: bool) -> tuple[dict[str,
     )
     if req.aux_reference_paths:
         body["aux_ref_audio_paths"] = list(req.aux_reference_paths)
+        if version in MAIN_REFERENCE_ONLY:
+            warnings.append(f"extra references are ignored by {version} models: only the main reference is used")
     return body, warnings
 
 

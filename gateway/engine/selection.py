@@ -49,12 +49,13 @@ def any_engine(engine: EngineState) -> bool:
 
 def capability_filter(req: SynthesisRequest) -> Fits:
     """Which engines can serve `req`: a known model version must accept both languages, and a
-    reference-free request (empty prompt text) needs api_v2 (api.py cannot do without a prompt)."""
+    reference-free request (empty prompt text) or one with extra references needs api_v2 (api.py cannot do
+    without a prompt, and its `inp_refs` is broken: engine-protocol §2.3)."""
     languages = {req.text_language, req.prompt_language}
 
     def fits(engine: EngineState) -> bool:
         info = engine.client.info
-        if not req.prompt_text and info.flavor == "v1":
+        if (not req.prompt_text or req.aux_reference_paths) and info.flavor == "v1":
             return False
         return info.version is None or languages <= set(languages_for_version(info.version))
 
@@ -96,6 +97,8 @@ def outcome_label(error: BaseException | None) -> str:
 def no_capable_engine_message(req: SynthesisRequest, engines: Sequence[EngineState]) -> str:
     known = ", ".join(f"{e.id} ({e.client.info.flavor}, {e.client.info.version or '?'})" for e in engines)
     need = "reference-free synthesis (api_v2 only), " if not req.prompt_text else ""
+    if req.aux_reference_paths:
+        need += "extra references (aux_audio: api_v2 only), "
     return (
         f"no engine can serve this request: it needs {need}text language {req.text_language!r} and prompt "
         f"language {req.prompt_language!r}; engines: {known}"

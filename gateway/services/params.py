@@ -63,7 +63,20 @@ class DurationFields(StretchFields):
     target_duration: float | None = Field(None, gt=0, le=600, description="seconds the clip should last")
 
 
-class CloneParams(DurationFields, EngineKnobs):
+class QualityFields(BaseModel):
+    """What a single request asks of its clip beyond the always-on checks (services/quality.py)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    quality_retries: int = Field(
+        0, ge=0, le=3, description="renders again with a new random seed, up to this many times, while the clip fails"
+    )
+    min_similarity: float | None = Field(
+        None, ge=0, le=1, description="speaker similarity to the reference the clip must reach (the quality extra)"
+    )
+
+
+class CloneParams(QualityFields, DurationFields, EngineKnobs):
     """`POST /v1/voice-clone` fields other than the reference itself."""
 
     text: str = Field(min_length=1)
@@ -74,3 +87,6 @@ class CloneParams(DurationFields, EngineKnobs):
     trim_reference: bool = False
     stream: bool = False
     reference_audio_base64: str | None = None
+    #: seed 000's name for the same field
+    voice_clone_audio: str | None = None
+    aux_audio_base64: list[str] | None = Field(None, description="extra references of the same voice (base64)")

@@ -6,6 +6,8 @@ import binascii
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -109,3 +111,30 @@ async def take_in_reference(services: Services, data: bytes, *, trim_to_max: boo
     entry = StoredReference.of(ref, path)
     cache.put(key, entry)
     return entry
+
+
+@contextmanager
+def naming_aux(index: int) -> Iterator[None]:
+    """An intake error about an extra reference says which one (the main reference's errors stay as they are)."""
+    try:
+        yield
+    except GatewayError as err:
+        err.message = f"aux_audio {index + 1}: {err.message}"
+        err.args = (err.message,)
+        err.extra.setdefault("field", "aux_audio")
+        raise
+
+
+async def take_in_aux_references(
+    services: Services, uploads: list[bytes], *, trim_to_max: bool = False
+) -> list[StoredReference]:
+    """Extra references of one request, each through the same intake (and cache) as the main one."""
+    limit = services.settings.max_aux_references
+    if len(uploads) > limit:
+        raise InvalidInput(f"at most {limit} extra references (aux_audio) are allowed, got {len(uploads)}",
+                           code="too_many_files", field="aux_audio")
+    stored = []
+    for index, data in enumerate(uploads):
+        with naming_aux(index):
+            stored.append(await take_in_reference(services, data, trim_to_max=trim_to_max))
+    return stored

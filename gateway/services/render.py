@@ -27,8 +27,9 @@ import numpy as np
 from gateway.audio.stretch import time_stretch, trim_edge_silence
 from gateway.audio.wav import pcm16_wav, wav_samples
 from gateway.engine.selection import Priority
-from gateway.engine.types import EngineInfo, SynthesisRequest, SynthesisResult
+from gateway.engine.types import EngineInfo, SynthesisRequest
 from gateway.services.context import Services
+from gateway.services.quality import Checked, QualityOptions, synthesize_checked
 from gateway.services.result_cache import CachedResult, result_key
 
 log = logging.getLogger("gateway.render")
@@ -66,6 +67,8 @@ class Rendered:
     timing: dict[str, Any] | None  # the duration goal's report, None without a goal
     warnings: list[str] = field(default_factory=list)
     cache_key: str | None = None  # None: the cache was not consulted (no fixed seed, or disabled)
+    #: the quality checks of the engine's clip (services/quality.py `Checked.as_dict`); None from an old cache entry
+    quality: dict[str, Any] | None = None
 
     @property
     def duration(self) -> float:
@@ -156,33 +159,38 @@ async def render(
     goal: DurationGoal | None,
     timeout: float | None,
     priority: Priority = "interactive",
+    quality: QualityOptions = QualityOptions(),  # noqa: B008 - frozen
 ) -> Rendered:
-    """One whole clip: from the cache when seeded and stored before, else from the pool, then fitted to the
-    goal. With a goal the request's own `speed` is replaced by the one the goal needs. Callers count the
-    audio they hand out (gateway_audio_seconds): a job counts its segments when they are done."""
+    """One whole clip: from the cache when seeded and stored before, else from the pool (quality-checked,
+    regenerated on failure as `quality` allows), then fitted to the goal. With a goal the request's own
+    `speed` is replaced by the one the goal needs. Callers count the audio they hand out
+    (gateway_audio_seconds): a job counts its segments when they are done.
+
+    Only a render made with the request's own seed is stored (a regeneration's random seed is not part of
+    the key), and a stored clip that failed its checks is not served to a request that allows retries."""
     cache, metrics = services.result_cache, services.metrics
     key = None
     if request.seed is not None and request.seed != -1 and cache.enabled:
         key = result_key(cache_inputs(request, reference_id, goal, engine_versions(services)))
         hit = await anyio.to_thread.run_sync(cache.get, key)
         metrics.result_cache.labels(outcome="hit" if hit else "miss").inc()
-        if hit is not None:
+        if hit is not None and (quality.retries == 0 or (hit.meta.get("quality") or {}).get("ok", True)):
             return _from_cache(hit, key)
     speed = request.speed if request.speed is not None else 1.0
     if goal is not None:
         predicted = services.speaking_rate.predict(reference_id, request.text_language, request.text)
         speed = choose_speed(predicted, goal)
         request = dataclasses.replace(request, speed=speed)
-    result = await services.pool.synthesize(request, timeout=timeout, priority=priority)
-    rendered = await _finish(result, goal, speed, key)
-    _observe(services, reference_id, request, rendered, result.duration, speed)
+    checked = await synthesize_checked(services, request, quality, timeout=timeout, priority=priority)
+    rendered = await _finish(checked, goal, speed, key)
+    _observe(services, reference_id, request, rendered, checked, speed)
     if goal is not None and (better := corrected_speed(rendered, goal, speed)) is not None:
         # the prediction was too far off for the stretch bounds: once more at the speed this render measured
         first, speed = rendered, better
         request = dataclasses.replace(request, speed=speed)
-        result = await services.pool.synthesize(request, timeout=timeout, priority=priority)
-        rendered = await _finish(result, goal, speed, key)
-        _observe(services, reference_id, request, rendered, result.duration, speed)
+        checked = await synthesize_checked(services, request, quality, timeout=timeout, priority=priority)
+        rendered = await _finish(checked, goal, speed, key)
+        _observe(services, reference_id, request, rendered, checked, speed)
         rendered.engine_seconds += first.engine_seconds
         rendered.attempts += first.attempts
         if rendered.timing is not None:
@@ -190,7 +198,7 @@ async def render(
     if rendered.timing is not None:
         timing = rendered.timing
         metrics.duration_targets.labels(method=timing["method"], within=str(timing["within_tolerance"]).lower()).inc()
-    if key is not None:
+    if key is not None and checked.report.seed == (request.seed if request.seed != -1 else None):
         meta = _metadata(rendered)
         if await anyio.to_thread.run_sync(cache.put, key, rendered.wav, meta):
             metrics.result_cache.labels(outcome="store").inc()
@@ -211,15 +219,19 @@ def corrected_speed(rendered: Rendered, goal: DurationGoal, speed: float) -> flo
 
 
 def _observe(
-    services: Services, reference_id: str, request: SynthesisRequest, rendered: Rendered, engine_duration: float,
+    services: Services, reference_id: str, request: SynthesisRequest, rendered: Rendered, checked: Checked,
     speed: float,
 ) -> None:
-    """Teach the predictor the speech's own length when it was measured (edges trimmed), else the clip's."""
-    spoken = rendered.timing["raw"] if rendered.timing is not None else engine_duration
+    """Teach the predictor the speech's own length when it was measured (edges trimmed), else the clip's;
+    a clip that failed its checks teaches nothing (an endless one would skew every later guess)."""
+    if not checked.report.ok:
+        return
+    spoken = rendered.timing["raw"] if rendered.timing is not None else checked.result.duration
     services.speaking_rate.observe(reference_id, request.text_language, request.text, spoken, speed)
 
 
-async def _finish(result: SynthesisResult, goal: DurationGoal | None, speed: float, key: str | None) -> Rendered:
+async def _finish(checked: Checked, goal: DurationGoal | None, speed: float, key: str | None) -> Rendered:
+    result = checked.result
     wav, frames, timing = result.wav, result.frames, None
     if goal is not None:
         started = time.perf_counter()
@@ -237,7 +249,7 @@ async def _finish(result: SynthesisResult, goal: DurationGoal | None, speed: flo
     return Rendered(
         wav=wav, sample_rate=result.sample_rate, frames=frames, engine=result.engine, attempts=result.attempts,
         queue_wait=result.queue_wait, engine_seconds=result.engine_seconds, cached=False, timing=timing,
-        warnings=warnings, cache_key=key,
+        warnings=warnings, cache_key=key, quality=checked.as_dict(),
     )
 
 
@@ -248,6 +260,7 @@ def _metadata(rendered: Rendered) -> dict[str, Any]:
         "warnings": rendered.warnings,
         "engine": dataclasses.asdict(engine) if engine is not None else None,
         "engine_seconds": rendered.engine_seconds,
+        "quality": rendered.quality,
         "created": time.time(),
     }
 
@@ -256,5 +269,5 @@ def _from_cache(hit: CachedResult, key: str) -> Rendered:
     return Rendered(
         wav=hit.wav, sample_rate=hit.sample_rate, frames=hit.frames, engine=None, attempts=0, queue_wait=0.0,
         engine_seconds=0.0, cached=True, timing=hit.meta.get("timing"), warnings=list(hit.meta.get("warnings", [])),
-        cache_key=key,
+        cache_key=key, quality=hit.meta.get("quality"),
     )

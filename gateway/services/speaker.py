@@ -93,12 +93,16 @@ class Speakers:
             )
         return self._encoder
 
+    def install(self, encoder: SpeakerEncoder | None) -> None:
+        """Use `encoder` (None: none) instead of loading the configured one: for tests and embedding tools."""
+        self._encoder, self._loaded, self._failure = encoder, True, None
+
     async def require(self) -> SpeakerEncoder:
         encoder = await self.encoder()
         if encoder is None:
             raise EncoderMissing(
-                "speaker embeddings need the gateway's 'quality' extra (torch CPU, webrtcvad-wheels and "
-                "resemblyzer), which this gateway was installed without"
+                "speaker embeddings and min_similarity need the gateway's 'quality' extra (torch CPU, "
+                "webrtcvad-wheels and resemblyzer), which this gateway was installed without"
             )
         return encoder
 

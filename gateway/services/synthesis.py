@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 
@@ -14,7 +16,14 @@ from gateway.errors import InvalidInput
 from gateway.languages import V2_LANGUAGES, normalize_language
 from gateway.services.context import Services
 from gateway.services.params import CloneParams, DurationFields, EngineKnobs
-from gateway.services.references import INLINE_BASE64_CHARS, decode_base64_reference, take_in_reference
+from gateway.services.quality import QualityOptions
+from gateway.services.references import (
+    INLINE_BASE64_CHARS,
+    decode_base64_reference,
+    naming_aux,
+    take_in_aux_references,
+    take_in_reference,
+)
 from gateway.services.render import DurationGoal, Rendered, render
 from gateway.settings import ModelWeights
 from gateway.voices.store import Voice
@@ -32,6 +41,10 @@ class ResolvedReference:
     voice_id: str | None = None
     warnings: list[str] = field(default_factory=list)
     prep_seconds: float = 0.0
+    #: the main reference on the gateway's side (speaker similarity embeds it)
+    local_path: Path | None = None
+    #: extra references (the voice's, then the request's), engine-side paths
+    aux_engine_paths: tuple[str, ...] = ()
 
 
 @dataclass
@@ -134,10 +147,21 @@ async def resolve_reference(
     prompt_language: str | None,
     trim: bool = False,
     how_to_send: str = "upload a reference recording or name a voice",
+    aux_audio: list[bytes] | None = None,
 ) -> ResolvedReference:
-    """An uploaded reference, else the given voice (callers pass the default voice when none was named)."""
+    """An uploaded reference, else the given voice (callers pass the default voice when none was named).
+    `aux_audio`: the request's extra references, added to the voice's own (at most max_aux_references)."""
     started = time.perf_counter()
     settings = services.settings
+    voice_aux = services.voices.aux_reference_paths(voice) if audio is None and voice is not None else []
+    if len(voice_aux) + len(aux_audio or []) > settings.max_aux_references:
+        raise InvalidInput(
+            f"at most {settings.max_aux_references} extra references (aux_audio) are allowed, the voice's "
+            f"{len(voice_aux)} included",
+            code="too_many_files", field="aux_audio",
+        )
+    aux = await take_in_aux_references(services, aux_audio or [], trim_to_max=trim)
+    aux_paths = tuple(settings.to_engine_path(path) for path in [*voice_aux, *(ref.path for ref in aux)])
     if audio is not None:
         ref = await take_in_reference(services, audio, trim_to_max=trim)
         return ResolvedReference(
@@ -147,20 +171,25 @@ async def resolve_reference(
             prompt_language=prompt_language,
             warnings=list(ref.warnings),
             prep_seconds=time.perf_counter() - started,
+            local_path=Path(ref.path),
+            aux_engine_paths=aux_paths,
         )
     if voice is None:
         raise InvalidInput(
             f"no reference: {how_to_send}, or set a default voice (PUT /v1/voices/default)",
             code="missing_reference",
         )
+    local = services.voices.reference_path(voice)
     return ResolvedReference(
-        engine_path=settings.to_engine_path(services.voices.reference_path(voice)),
+        engine_path=settings.to_engine_path(local),
         reference_id=voice.reference_sha256,
         prompt_text=prompt_text or voice.prompt_text,
         prompt_language=prompt_language or voice.prompt_language,
         weights=voice.weights,
         voice_id=voice.id,
         prep_seconds=time.perf_counter() - started,
+        local_path=local,
+        aux_engine_paths=aux_paths,
     )
 
 
@@ -193,17 +222,20 @@ def build_request(
         repetition_penalty=knobs.repetition_penalty,
         fragment_interval=knobs.fragment_interval,
         sample_steps=knobs.sample_steps,
+        aux_reference_paths=reference.aux_engine_paths,
         weights=weights or reference.weights,
     )
 
 
 async def prepare_clone(
-    services: Services, params: CloneParams, audio: bytes | None, audio_base64: str | None = None
+    services: Services, params: CloneParams, audio: bytes | None, audio_base64: str | None = None,
+    aux_audio: list[bytes] | None = None, aux_base64: list[str] | None = None,
 ) -> tuple[SynthesisRequest, ResolvedReference]:
     """Validate, take in the reference and build the engine request (shared by JSON and streaming answers).
 
     `audio` is an uploaded recording, `audio_base64` the `reference_audio_base64` field (decoded here, after
-    the cheap checks, so a request that would be refused anyway costs no decoding or storing)."""
+    the cheap checks, so a request that would be refused anyway costs no decoding or storing); `aux_audio`
+    and `aux_base64` the extra references, uploaded or base64."""
     if audio is not None and audio_base64:
         raise InvalidInput("send the reference once, as audio or as base64", code="conflicting_reference")
     has_audio = audio is not None or bool(audio_base64)
@@ -220,6 +252,15 @@ async def prepare_clone(
             audio = decode_base64_reference(audio_base64, limit)
         else:
             audio = await anyio.to_thread.run_sync(decode_base64_reference, audio_base64, limit)
+    limit = services.settings.max_upload_bytes
+    extra = list(aux_audio or [])
+    if len(extra) + len(aux_base64 or []) > services.settings.max_aux_references:  # before decoding any
+        raise InvalidInput(f"at most {services.settings.max_aux_references} extra references (aux_audio) are "
+                           "allowed", code="too_many_files", field="aux_audio")
+    for index, value in enumerate(aux_base64 or []):
+        with naming_aux(index):
+            decode = functools.partial(decode_base64_reference, value, limit, field="aux_audio_base64")
+            extra.append(await anyio.to_thread.run_sync(decode))
     voice = None if audio is not None else await find_voice(services, params.voice_id)
     reference = await resolve_reference(
         services,
@@ -229,6 +270,7 @@ async def prepare_clone(
         prompt_language=params.prompt_language,
         trim=params.trim_reference,
         how_to_send="upload 'audio' (or 'reference_audio_base64') or name a 'voice_id'",
+        aux_audio=extra,
     )
     request = build_request(
         services, text=text, text_language=text_language, reference=reference, knobs=params, weights=weights
@@ -243,9 +285,13 @@ async def synthesize_clone(
     started: float,
     timeout: float | None,
     goal: DurationGoal | None = None,
+    quality: QualityOptions = QualityOptions(),  # noqa: B008 - frozen
 ) -> CloneOutcome:
-    """`POST /v1/voice-clone` after intake: one render (result cache, pooled engine call, duration goal)."""
-    result = await render(services, request, reference_id=reference.reference_id, goal=goal, timeout=timeout)
+    """`POST /v1/voice-clone` after intake: one render (result cache, pooled engine call, quality checks,
+    duration goal)."""
+    result = await render(
+        services, request, reference_id=reference.reference_id, goal=goal, timeout=timeout, quality=quality
+    )
     services.metrics.audio_seconds.inc(result.duration)
     await charge_audio(result.duration)
     return CloneOutcome(result, reference, request.text_language, time.perf_counter() - started)

@@ -25,6 +25,7 @@ import secrets
 import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -66,6 +67,8 @@ class Voice(BaseModel):
     reference_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     reference_duration: float = Field(gt=0)
     reference_sample_rate: int = Field(gt=0)
+    #: extra references of the same voice (refs_dir/<sha256>.wav, like the main one): api_v2 fuses their timbre
+    aux_reference_sha256: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(default_factory=list)
     weights: ModelWeights | None = None
     created_at: datetime
     is_default: bool = False
@@ -147,8 +150,10 @@ class VoiceStore:
         prompt_language: str,
         description: str | None = None,
         weights: ModelWeights | None = None,
+        aux_references: builtins.list[PreparedReference] | None = None,
     ) -> Voice:
         """Save a new voice. Conflict(voice_name_taken) if the name is in use, in any process."""
+        aux = aux_references or []
         clean_name = normalize_voice_name(name)
         try:
             voice = Voice(
@@ -160,6 +165,7 @@ class VoiceStore:
                 reference_sha256=reference.sha256,
                 reference_duration=reference.duration,
                 reference_sample_rate=reference.sample_rate,
+                aux_reference_sha256=[ref.sha256 for ref in aux],
                 weights=weights,
                 created_at=datetime.now(UTC),
             )
@@ -172,7 +178,8 @@ class VoiceStore:
         if not self._claim_name(claim, voice.id):
             raise Conflict(f"a voice named {_shown(clean_name)} already exists", code="voice_name_taken")
         try:
-            store_reference(reference, self.refs_dir)
+            for ref in (reference, *aux):
+                store_reference(ref, self.refs_dir)
             write_atomic(self._voice_path(voice.id), voice.model_dump_json(exclude={"is_default"}).encode())
         except BaseException:
             self._release_or_leave_stale(claim, voice.id)
@@ -257,6 +264,10 @@ class VoiceStore:
     def reference_path(self, voice: Voice) -> Path:
         """Where the voice's reference WAV lives (refs_dir/<sha256>.wav); creates nothing."""
         return self.refs_dir / f"{voice.reference_sha256}.wav"
+
+    def aux_reference_paths(self, voice: Voice) -> builtins.list[Path]:
+        """Where the voice's extra references live; creates nothing."""
+        return [self.refs_dir / f"{sha}.wav" for sha in voice.aux_reference_sha256]
 
     # --- internals
 
