@@ -11,7 +11,7 @@ import pytest
 
 from gateway.engine.selection import (
     SlotQueue,
-    _any_engine,
+    any_engine,
     attempts_spent,
     capability_filter,
     no_capable_engine_message,
@@ -63,7 +63,7 @@ def test_capability_filter() -> None:
     v2_model = make_engine("http://v2-model", version="v2")
     unknown = make_engine("http://unknown", version=None)
     legacy = make_engine("http://legacy", flavor="v1", version=None)
-    assert _any_engine(legacy)
+    assert any_engine(legacy)
     korean = capability_filter(request(text_language="ko"))
     assert [korean(e) for e in (v1_model, v2_model, unknown, legacy)] == [False, True, True, True]
     korean_prompt = capability_filter(request(prompt_language="ko"))
@@ -92,13 +92,13 @@ def test_no_capable_engine_message() -> None:
 def test_has_untried() -> None:
     a, b = engines(2)
     queue = SlotQueue(SETTINGS, [a, b], None)
-    assert queue.has_untried(_any_engine, frozenset({"http://e0"}), 0.0)
-    assert not queue.has_untried(_any_engine, frozenset({"http://e0", "http://e1"}), 0.0)
+    assert queue.has_untried(any_engine, frozenset({"http://e0"}), 0.0)
+    assert not queue.has_untried(any_engine, frozenset({"http://e0", "http://e1"}), 0.0)
     b.in_flight = 1  # busy still counts: it is healthy and can take the retry later
-    assert queue.has_untried(_any_engine, frozenset({"http://e0"}), 0.0)
+    assert queue.has_untried(any_engine, frozenset({"http://e0"}), 0.0)
     b.cooldown_until = 5.0
-    assert not queue.has_untried(_any_engine, frozenset({"http://e0"}), 1.0)
-    assert queue.has_untried(_any_engine, frozenset({"http://e0"}), 5.0)
+    assert not queue.has_untried(any_engine, frozenset({"http://e0"}), 1.0)
+    assert queue.has_untried(any_engine, frozenset({"http://e0"}), 5.0)
     assert not queue.has_untried(lambda e: e is a, frozenset({"http://e0"}), 5.0)
 
 
