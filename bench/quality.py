@@ -6,7 +6,9 @@ for each encoder, on speech-like clips of a few lengths, with one torch thread (
 with torch's default, median of N runs after a warm-up. GE2E runs with
 Resemblyzer's shipped weights; ECAPA-TDNN with SpeechBrain's spkrec-ecapa-voxceleb layout (1024 channels,
 192-d) and random weights, which cost the same as trained ones. Needs the `quality` extra.
-Usage: python -m bench.quality [-n 7]
+Flagged shares: bench/quality_flags.py (the share of CPU engine outputs the always-on checks flag, clean and
+with each fault injected), printed second.
+Usage: python -m bench.quality [-n 7] [--rounds 4] [--skip-embeddings | --skip-flags]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.quality_flags import flagged_section
 from gateway.speaker import ENCODER_RATE, SpeakerEncoder
 
 CLIP_SECONDS = (3.0, 10.0, 30.0)
@@ -100,8 +103,15 @@ def embedding_time_section(runs: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-n", "--runs", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=4, help="passes over the texts for the clean outputs")
+    parser.add_argument("--skip-embeddings", action="store_true")
+    parser.add_argument("--skip-flags", action="store_true")
     args = parser.parse_args()
-    print(embedding_time_section(args.runs))
+    if not args.skip_embeddings:
+        print(embedding_time_section(args.runs), flush=True)
+    if not args.skip_flags:
+        print("\n## Outputs flagged by the quality checks\n", flush=True)
+        flagged_section(args.rounds)
 
 
 if __name__ == "__main__":
