@@ -274,8 +274,9 @@ def test_reference_analysis_is_cached_until_the_file_changes(tmp_path: Path) -> 
 
 def test_plan_skips_small_changes_and_clamps_the_formant_warp() -> None:
     voice = adapt.PitchStats(100.0, 0.2)
-    assert adapt.plan(voice, adapt.PitchStats(103.0, 0.2)).skip
-    assert adapt.plan(voice, adapt.PitchStats(96.5, 0.2)).skip
+    assert adapt.plan(voice, adapt.PitchStats(101.5, 0.2)).skip
+    assert adapt.plan(voice, adapt.PitchStats(98.5, 0.2)).skip
+    assert not adapt.plan(voice, adapt.PitchStats(103.0, 0.2)).skip
     up = adapt.plan(voice, adapt.PitchStats(200.0, 0.1))
     assert not up.skip and up.ratio == pytest.approx(2.0) and up.formant_warp == pytest.approx(1.25)
     assert up.spread_scale == pytest.approx(0.5)
