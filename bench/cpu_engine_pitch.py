@@ -5,9 +5,9 @@ about 90, 120, 160, 207 and 260 Hz). For each one the engine's synthesizer speak
 reference's language (English by Piper, Chinese by espeak-ng) and the output's median F0 is measured
 by Praat's cross-correlation tracker (tests/support.measured_median_f0; the engine uses its
 autocorrelation one) over three seeds.
-Then the real-time factor (synthesis seconds / audio seconds, median of RUNS runs, 32 kHz output) of
-the adapted path against plain synthesis in the same run: other processes share the CPU, so only the
-ratio and the plain figure next to it are comparable between runs.
+Then the real-time factor (synthesis seconds / audio seconds, median of RUNS alternating runs, 32 kHz
+output) of the adapted path against plain synthesis in the same run, and of the adaptation alone: other
+processes share the CPU, so only the ratio and the plain figure next to it compare between runs.
 
 Run: .venv/bin/python bench/cpu_engine_pitch.py
 """
@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import soundfile
@@ -45,17 +46,23 @@ RUNS = 5
 SEEDS = (1, 2, 3)
 
 
-def real_time_factor(synthesizer: Synthesizer, params: SynthesisParams) -> tuple[float, float]:
-    """Median RTF over RUNS runs, and the audio length in seconds."""
-    factors = []
+def real_time_factors(synthesizer: Synthesizer, plain: SynthesisParams, adapted: SynthesisParams) -> tuple[float, ...]:
+    """Median RTF of plain and adapted synthesis over RUNS alternating runs (so load changes hit both
+    alike), the median cost of `adapt.adapt` alone per second of speech, and the audio length in seconds."""
+    factors: dict[str, list[float]] = {"plain": [], "adapted": [], "adapt only": []}
     seconds = 0.0
+    target = adapt.reference_pitch(str(adapted.ref_audio_path))
+    speech = synthesizer.synthesize(replace(plain, output_rate=synthesizer.internal_rate, fragment_interval=0.0))
     for _ in range(RUNS):
+        for name, params in (("plain", plain), ("adapted", adapted)):
+            start = time.perf_counter()
+            audio = synthesizer.synthesize(params)
+            seconds = audio.size / params.output_rate
+            factors[name].append((time.perf_counter() - start) / seconds)
         start = time.perf_counter()
-        audio = synthesizer.synthesize(params)
-        elapsed = time.perf_counter() - start
-        seconds = audio.size / params.output_rate
-        factors.append(elapsed / seconds)
-    return statistics.median(factors), seconds
+        adapt.adapt(speech, synthesizer.internal_rate, target)
+        factors["adapt only"].append((time.perf_counter() - start) * synthesizer.internal_rate / speech.size)
+    return *(statistics.median(values) for values in factors.values()), seconds
 
 
 def pitch_table(synthesizer: Synthesizer, folder: Path) -> list[Path]:
@@ -98,11 +105,15 @@ def main() -> None:
         adapt.reference_pitch(str(female))
         print(f"\nreference analysis ({female.name}, uncached): {time.perf_counter() - start:.3f} s")
         print(f"\nReal-time factor at {RATE} Hz, median of {RUNS} runs (reference {female.name}):")
-        print(f"  {'text':<20} {'audio s':>8} {'plain':>8} {'adapted':>8} {'adapted/plain':>14}")
+        print(f"  {'text':<20} {'audio s':>8} {'plain':>8} {'adapted':>8} {'adapted/plain':>14} {'adapt only':>11}")
         for lang, label, text in texts:
-            plain, seconds = real_time_factor(synthesizer, SynthesisParams(text, lang, None, RATE))
-            adapted, _ = real_time_factor(synthesizer, SynthesisParams(text, lang, str(female), RATE))
-            print(f"  {label:<20} {seconds:>8.1f} {plain:>8.3f} {adapted:>8.3f} {adapted / plain:>14.2f}")
+            plain = SynthesisParams(text, lang, None, RATE)
+            plain_rtf, adapted_rtf, adapt_rtf, seconds = real_time_factors(
+                synthesizer, plain, replace(plain, ref_audio_path=str(female))
+            )
+            ratio = adapted_rtf / plain_rtf
+            rtfs = f"{plain_rtf:>8.3f} {adapted_rtf:>8.3f} {ratio:>14.2f} {adapt_rtf:>11.3f}"
+            print(f"  {label:<20} {seconds:>8.1f} {rtfs}")
 
 
 if __name__ == "__main__":

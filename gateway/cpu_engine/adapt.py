@@ -10,15 +10,15 @@ flatter than our voice, the intonation range narrowed towards it (at most to a q
 swings over more than an octave within a sentence; scaling that by 0.6 for a deep reference would
 push its low syllables under 55 Hz, where they turn into creak and no longer read as the target pitch.
 
-Both steps are Praat's. F0 comes from its autocorrelation tracker ("To Pitch (ac)"), whose path search
-keeps octave errors out: WORLD's Harvest, used before, halved the F0 in a quarter of the frames of a
-high female voice (espeak-ng en-us+f3 at 273 Hz read as 258 Hz) and read Piper's voice 35 % high (120
-instead of 88 Hz), and DIO doubles it in 40 % of Piper's frames. Those errors put the target below the
-reference and left the output up to 12 % low. The shift is Praat's "Change gender": formants moved by
-resampling, then PSOLA (pitch-synchronous overlap-add) to the new median and range at the original
-duration. Praat measures the median it shifts from with the same tracker, so the output median lands on
-the target. Analysis costs about 1 ms per second of speech and the shift 2-3 ms (WORLD: Harvest 130
-ms, CheapTrick, D4C and synthesis 50 ms more), so adaptation adds about a tenth to Piper's own time.
+F0 comes from Praat's autocorrelation tracker ("To Pitch (ac)"), whose path search keeps octave errors
+out. WORLD's Harvest, used before, halved the F0 in a quarter of the frames of a high female voice
+(espeak-ng en-us+f3 at 273 Hz read as 258 Hz) and read Piper's voice 35 % high (120 instead of 88 Hz);
+DIO doubles it in 40 % of Piper's frames. Those errors put the target below the reference and left the
+output up to 12 % low. The shift: formants moved by resampling (soxr), then Praat's "Change gender"
+sets median and range by PSOLA (pitch-synchronous overlap-add) at the original duration. Praat measures
+the median it shifts from with the same tracker, so the output median lands on the target. Analysis
+and shift together cost about a tenth of Piper's synthesis time (WORLD cost twice Piper's), see
+bench/cpu_engine_pitch.py.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from functools import lru_cache
 import numpy as np
 import parselmouth
 import soundfile
+import soxr
 from parselmouth.praat import call
 
 _LOGGER = logging.getLogger(__name__)
@@ -157,16 +158,23 @@ def reference_pitch(path: str) -> PitchStats | None:
 
 
 def _change_gender(audio: np.ndarray, rate: int, decision: AdaptationPlan) -> np.ndarray:
-    """Praat's "Change gender": formants times formant_warp, median to target_f0, log range times spread_scale."""
+    """Formants times formant_warp, median F0 to target_f0, log-F0 range times spread_scale, same duration.
+
+    Playing the audio formant_warp times faster (soxr) moves formants and pitch up by that factor; Praat's
+    "Change gender" then sets the pitch by PSOLA and stretches the duration back. Praat can shift the
+    formants itself, but resamples with a sinc that costs as much as the rest of the shift together.
+    """
+    warp = decision.formant_warp
+    faster = soxr.resample(audio, rate * warp, rate) if warp != 1.0 else audio
     shifted = call(
-        _sound(audio, rate),
+        _sound(faster, rate),
         "Change gender",
         F0_FLOOR_HZ,
-        SOURCE_F0_CEIL_HZ,
-        decision.formant_warp,
+        SOURCE_F0_CEIL_HZ * warp,  # the sped-up voice
+        1.0,  # formant shift ratio: done above
         decision.target_f0,
         decision.spread_scale,
-        1.0,  # duration factor: keep the timing
+        warp,  # duration factor: back to the original length
     )
     return np.asarray(shifted.values[0], dtype=np.float32)
 
@@ -183,7 +191,7 @@ def adapt(audio: np.ndarray, rate: int, target: PitchStats | None) -> tuple[np.n
     if decision.skip:
         return audio, decision
     rendered = _change_gender(audio, rate, decision)
-    # Resampling back from the formant shift can be a sample off; keep the caller's sample count.
+    # Speeding up and stretching back can be a few samples off; keep the caller's sample count.
     fitted = np.zeros(audio.size, dtype=np.float32)
     length = min(audio.size, rendered.size)
     fitted[:length] = rendered[:length]
