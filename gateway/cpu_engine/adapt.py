@@ -17,7 +17,7 @@ DIO doubles it in 40 % of Piper's frames. Those errors put the target below the 
 output up to 12 % low. The shift: formants moved by resampling (soxr), then Praat's "Change gender"
 sets median and range by PSOLA (pitch-synchronous overlap-add) at the original duration. Praat measures
 the median it shifts from with the same tracker, so the output median lands on the target. Analysis
-and shift together cost about a tenth of Piper's synthesis time (WORLD cost twice Piper's), see
+and shift together cost about a tenth of Piper's synthesis time (WORLD: four times Piper's), see
 bench/cpu_engine_pitch.py.
 """
 
