@@ -74,7 +74,7 @@ def main() -> None:
             adapted, _ = real_time_factor(synthesizer, SynthesisParams(text, lang, references[220], RATE))
             print(f"  {label:<20} {seconds:>8.1f} {plain:>8.3f} {adapted:>22.3f}")
 
-        print("\nMedian F0 of the output against the reference (Harvest, D4C-voiced frames; seeds 1-3):")
+        print("\nMedian F0 of the output against the reference (the engine's Praat analysis; seeds 1-3):")
         print(f"  {'text':<20} {'reference Hz':>13} {'output Hz':>30} {'error':>8}")
         for lang, label, text in texts:
             for path in references.values():

@@ -1,4 +1,4 @@
-"""CPU engine synthesizer: real Piper/espeak-ng speech, GPT-SoVITS segmenting, WORLD adaptation."""
+"""CPU engine synthesizer: real Piper/espeak-ng speech, GPT-SoVITS segmenting, Praat adaptation."""
 
 from __future__ import annotations
 
@@ -274,8 +274,9 @@ def test_reference_analysis_is_cached_until_the_file_changes(tmp_path: Path) -> 
 
 def test_plan_skips_small_changes_and_clamps_the_formant_warp() -> None:
     voice = adapt.PitchStats(100.0, 0.2)
-    assert adapt.plan(voice, adapt.PitchStats(103.0, 0.2)).skip
-    assert adapt.plan(voice, adapt.PitchStats(96.5, 0.2)).skip
+    assert adapt.plan(voice, adapt.PitchStats(101.5, 0.2)).skip
+    assert adapt.plan(voice, adapt.PitchStats(98.5, 0.2)).skip
+    assert not adapt.plan(voice, adapt.PitchStats(103.0, 0.2)).skip
     up = adapt.plan(voice, adapt.PitchStats(200.0, 0.1))
     assert not up.skip and up.ratio == pytest.approx(2.0) and up.formant_warp == pytest.approx(1.25)
     assert up.spread_scale == pytest.approx(0.5)
@@ -284,11 +285,35 @@ def test_plan_skips_small_changes_and_clamps_the_formant_warp() -> None:
     assert adapt.plan(None, voice).skip and adapt.plan(voice, None).skip
 
 
-def test_warp_envelope_moves_a_spectral_peak() -> None:
-    envelope = np.zeros((3, 513))
-    envelope[:, 100] = 1.0
-    assert int(np.argmax(adapt.warp_envelope(envelope, 1.25)[0])) == 125
-    assert int(np.argmax(adapt.warp_envelope(envelope, 0.8)[0])) == 80
+def _log_spectrum(audio: np.ndarray) -> np.ndarray:
+    """Long-term average log power spectrum over 1024-sample Hann frames (pitch harmonics blur out)."""
+    frames = audio[: audio.size // 1024 * 1024].reshape(-1, 1024) * np.hanning(1024)
+    return np.asarray(np.log(np.mean(np.abs(np.fft.rfft(frames, axis=1)) ** 2, axis=0) + 1e-12))
+
+
+def _spectral_stretch(before: np.ndarray, after: np.ndarray) -> float:
+    """The factor f (0.70-1.40 in steps of 0.05) for which `after`'s spectrum best matches `before`'s at freq / f."""
+    old, new = _log_spectrum(before), _log_spectrum(after)
+    bins = np.arange(old.size)
+    band = (bins > 10) & (bins < 350)  # about 200 Hz to 7.5 kHz at 22.05 kHz: where the formants are
+    factors = np.round(np.arange(0.70, 1.41, 0.05), 2)
+    scores = [np.corrcoef(np.interp(bins[band] / f, bins, old), new[band])[0, 1] for f in factors]
+    return float(factors[int(np.argmax(scores))])
+
+
+@pytest.mark.parametrize(("pitch_factor", "formant_warp"), [(2.0, 1.25), (0.81, 0.9)])
+def test_adaptation_moves_the_formants_part_of_the_way(
+    synthesizer: Synthesizer, pitch_factor: float, formant_warp: float
+) -> None:
+    rate = synthesizer.internal_rate
+    plain = synthesizer.synthesize(params("The formants of this voice move up and down with the pitch.", "en", rate))
+    own = adapt.pitch_stats(plain, rate, adapt.SOURCE_F0_CEIL_HZ)
+    assert own is not None
+    adapted, decision = adapt.adapt(plain, rate, adapt.PitchStats(own.median_hz * pitch_factor, own.log_spread))
+    assert decision.formant_warp == pytest.approx(formant_warp)
+    assert adapted.size == plain.size
+    assert _spectral_stretch(plain, adapted) == pytest.approx(formant_warp)
+    assert adapt.median_f0(adapted, rate) == pytest.approx(own.median_hz * pitch_factor, rel=0.05)
 
 
 # --- espeak binding -------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Time stretch (gateway/audio/stretch.py) and the duration-fitting rules built on it (services/render.py):
-pure functions, real audio, pitch measured independently with WORLD."""
+pure functions, real audio, pitch measured independently with Praat."""
 
 from __future__ import annotations
 

@@ -1,22 +1,24 @@
-"""Pitch and formant adaptation of synthesized speech towards a reference voice, with WORLD (pyworld).
+"""Pitch and formant adaptation of synthesized speech towards a reference voice, with Praat (parselmouth).
 
 The CPU engine has one English voice and a few espeak voices, all male and low (median F0 roughly
-90-150 Hz). To make the reference audibly matter, as it does for GPT-SoVITS, each synthesized segment
-is re-rendered with its median F0 moved to the reference's median F0, and its spectral envelope
-stretched along frequency by a milder factor so the formants follow (a higher voice usually has a
-shorter vocal tract) without turning into a chipmunk.
+85-120 Hz). To make the reference audibly matter, as it does for GPT-SoVITS, each synthesized segment
+gets its median F0 moved to the reference's median F0, and its formants moved up or down by a milder
+factor (a higher voice usually has a shorter vocal tract) without turning into a chipmunk.
 
 Pitch is converted in the log domain: median to median (the pitch ratio) and, when the reference is
-flatter than our voice, the intonation range narrowed towards it (at most halved). Piper's voice
+flatter than our voice, the intonation range narrowed towards it (at most to a quarter). Piper's voice
 swings over more than an octave within a sentence; scaling that by 0.6 for a deep reference would
 push its low syllables under 55 Hz, where they turn into creak and no longer read as the target pitch.
 
-F0 comes from Harvest rather than DIO: on these voices DIO reports the octave above in a third of the
-frames (checked against the autocorrelation), which would bias the median and make WORLD resynthesise
-octave jumps. Harvest also calls some fricatives voiced, so D4C's voiced/unvoiced decision (which
-WORLD makes anyway for the aperiodicity) trims those frames. Harvest costs about 0.13 s per second of
-audio, D4C and CheapTrick about 0.02 s, synthesis about 0.015 s, at the 22.05 kHz the voices produce;
-adaptation therefore runs before resampling to the output rate.
+F0 comes from Praat's autocorrelation tracker ("To Pitch (ac)"), whose path search keeps octave errors
+out. WORLD's Harvest, used before, halved the F0 in a quarter of the frames of a high female voice
+(espeak-ng en-us+f3 at 273 Hz read as 258 Hz) and read Piper's voice 35 % high (120 instead of 88 Hz);
+DIO doubles it in 40 % of Piper's frames. Those errors put the target below the reference and left the
+output up to 12 % low. The shift: formants moved by resampling (soxr), then Praat's "Change gender"
+sets median and range by PSOLA (pitch-synchronous overlap-add) at the original duration. Praat measures
+the median it shifts from with the same tracker, so the output median lands on the target. Analysis
+and shift together cost about a tenth of Piper's synthesis time (WORLD: four times Piper's), see
+bench/cpu_engine_pitch.py.
 """
 
 from __future__ import annotations
@@ -27,32 +29,32 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import pyworld
+import parselmouth
 import soundfile
 import soxr
+from parselmouth.praat import call
 
 _LOGGER = logging.getLogger(__name__)
 
-FRAME_PERIOD_MS = 5.0
 F0_FLOOR_HZ = 60.0
 #: References can be any voice, children included.
 REFERENCE_F0_CEIL_HZ = 700.0
-#: Our own voices stay below this; a tighter range makes Harvest faster and less error-prone.
+#: Our own voices stay below this; a tighter range leaves the tracker fewer wrong candidates.
 SOURCE_F0_CEIL_HZ = 400.0
-#: References are analysed at 16 kHz: plenty for F0 and cheaper than their native rate.
-REFERENCE_ANALYSIS_RATE = 16000
+PITCH_TIME_STEP = 0.01  # seconds between pitch frames
 #: Below this |ratio - 1| the pitch change is inaudible next to the voice's own variation, so the
-#: costly (and slightly lossy) WORLD round trip is skipped.
-SKIP_TOLERANCE = 0.04
+#: (slightly lossy) resynthesis is skipped. Kept small: a skipped segment stays off by up to this much,
+#: and the promise is 5 % (it was 4 % when a WORLD round trip cost more than Piper itself).
+SKIP_TOLERANCE = 0.02
 FORMANT_EXPONENT = 0.5
 FORMANT_WARP_RANGE = (0.8, 1.25)
 PITCH_RATIO_RANGE = (0.25, 4.0)
 #: The intonation range is only ever narrowed, and to no less than a quarter, so speech never goes flat.
 SPREAD_SCALE_RANGE = (0.25, 1.0)
 #: Fewer voiced frames than this (100 ms) gives no trustworthy median.
-MIN_VOICED_FRAMES = 20
-#: D4C marks a frame unvoiced by setting its aperiodicity to (almost) 1 in every band.
-_D4C_UNVOICED = 0.999
+MIN_VOICED_FRAMES = 10
+#: Praat's pitch tracker needs three periods of the floor in its window (50 ms at 60 Hz).
+_MIN_ANALYSIS_SECONDS = 3.0 / F0_FLOOR_HZ
 # IQR of a normal distribution in standard deviations: turns the log-F0 IQR into a robust spread.
 _IQR_TO_SIGMA = 1.349
 
@@ -100,24 +102,22 @@ def plan(source: PitchStats | None, target: PitchStats | None) -> AdaptationPlan
     )
 
 
-@dataclass(frozen=True)
-class _Analysis:
-    samples: np.ndarray  # float64, as WORLD wants
-    f0: np.ndarray  # Hz per frame, 0 where unvoiced (Harvest trimmed by D4C)
-    times: np.ndarray
-    aperiodicity: np.ndarray
+def _sound(audio: np.ndarray, rate: int) -> parselmouth.Sound:
+    return parselmouth.Sound(np.asarray(audio, dtype=np.float64), sampling_frequency=float(rate))
 
 
-def _analyse(audio: np.ndarray, rate: int, f0_ceil: float) -> _Analysis:
-    samples = np.ascontiguousarray(audio, dtype=np.float64)
-    f0, times = pyworld.harvest(samples, rate, f0_floor=F0_FLOOR_HZ, f0_ceil=f0_ceil, frame_period=FRAME_PERIOD_MS)
-    aperiodicity = pyworld.d4c(samples, f0, times, rate)
-    f0 = np.where(aperiodicity[:, 0] < _D4C_UNVOICED, f0, 0.0)
-    return _Analysis(samples, f0, times, aperiodicity)
+def _voiced_f0(audio: np.ndarray, rate: int, f0_ceil: float) -> np.ndarray:
+    """F0 (Hz) of the frames Praat's autocorrelation tracker calls voiced (empty for too-short audio)."""
+    if audio.size < _MIN_ANALYSIS_SECONDS * rate:
+        return np.zeros(0)
+    pitch = _sound(audio, rate).to_pitch_ac(
+        time_step=PITCH_TIME_STEP, pitch_floor=F0_FLOOR_HZ, pitch_ceiling=f0_ceil
+    )
+    f0 = np.asarray(pitch.selected_array["frequency"], dtype=np.float64)
+    return f0[f0 > 0]
 
 
-def _stats(f0: np.ndarray) -> PitchStats | None:
-    voiced = f0[f0 > 0]
+def _stats(voiced: np.ndarray) -> PitchStats | None:
     if voiced.size < MIN_VOICED_FRAMES:
         return None
     log_f0 = np.log(voiced)
@@ -127,9 +127,7 @@ def _stats(f0: np.ndarray) -> PitchStats | None:
 
 def pitch_stats(audio: np.ndarray, rate: int, f0_ceil: float = REFERENCE_F0_CEIL_HZ) -> PitchStats | None:
     """Pitch statistics of mono `audio`, or None if less than 100 ms of it is voiced."""
-    if audio.size == 0:
-        return None
-    return _stats(_analyse(audio, rate, f0_ceil).f0)
+    return _stats(_voiced_f0(audio, rate, f0_ceil))
 
 
 def median_f0(audio: np.ndarray, rate: int, f0_ceil: float = REFERENCE_F0_CEIL_HZ) -> float | None:
@@ -141,17 +139,15 @@ def median_f0(audio: np.ndarray, rate: int, f0_ceil: float = REFERENCE_F0_CEIL_H
 @lru_cache(maxsize=64)
 def _reference_stats_cached(path: str, _mtime_ns: int, _size: int) -> PitchStats | None:
     audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
-    if rate != REFERENCE_ANALYSIS_RATE:
-        mono = soxr.resample(mono, rate, REFERENCE_ANALYSIS_RATE)
-    return pitch_stats(mono, REFERENCE_ANALYSIS_RATE)
+    return pitch_stats(audio.mean(axis=1), int(rate))
 
 
 def reference_pitch(path: str) -> PitchStats | None:
     """Pitch statistics of a reference file (any rate, channel count or format soundfile reads).
 
     Cached per (path, mtime, size): the same reference is normally reused for many requests, and
-    analysing a 10 s clip costs around a second. Unreadable or unvoiced references give None.
+    reading and analysing a 10 s clip costs tens of milliseconds. Unreadable or unvoiced references
+    give None.
     """
     try:
         stat = os.stat(path)
@@ -161,30 +157,26 @@ def reference_pitch(path: str) -> PitchStats | None:
         return None
 
 
-def warp_envelope(envelope: np.ndarray, factor: float) -> np.ndarray:
-    """Stretch each frame of a (frames, bins) spectral envelope along frequency by `factor`.
+def _change_gender(audio: np.ndarray, rate: int, decision: AdaptationPlan) -> np.ndarray:
+    """Formants times formant_warp, median F0 to target_f0, log-F0 range times spread_scale, same duration.
 
-    A factor above 1 moves spectral peaks (formants) up: output bin k takes the value at bin k/factor.
-    Bins that would read past the top repeat the last one, which holds almost no energy.
+    Playing the audio formant_warp times faster (soxr) moves formants and pitch up by that factor; Praat's
+    "Change gender" then sets the pitch by PSOLA and stretches the duration back. Praat can shift the
+    formants itself, but resamples with a sinc that costs as much as the rest of the shift together.
     """
-    bins = envelope.shape[1]
-    source = np.arange(bins, dtype=np.float64) / factor
-    lower = np.minimum(np.floor(source).astype(np.int64), bins - 1)
-    upper = np.minimum(lower + 1, bins - 1)
-    fraction = np.clip(source - lower, 0.0, 1.0)
-    warped = envelope[:, lower] * (1.0 - fraction) + envelope[:, upper] * fraction
-    return np.ascontiguousarray(warped)
-
-
-def _convert_f0(f0: np.ndarray, decision: AdaptationPlan) -> np.ndarray:
-    """Log-domain conversion: source median -> target median, deviations scaled by spread_scale."""
-    assert decision.source_f0 is not None and decision.target_f0 is not None
-    voiced = f0 > 0
-    converted = np.zeros_like(f0)
-    deviation = np.log(f0[voiced]) - np.log(decision.source_f0)
-    centre = np.log(decision.source_f0 * decision.ratio)
-    converted[voiced] = np.exp(centre + decision.spread_scale * deviation)
-    return converted
+    warp = decision.formant_warp
+    faster = soxr.resample(audio, rate * warp, rate) if warp != 1.0 else audio
+    shifted = call(
+        _sound(faster, rate),
+        "Change gender",
+        F0_FLOOR_HZ,
+        SOURCE_F0_CEIL_HZ * warp,  # the sped-up voice
+        1.0,  # formant shift ratio: done above
+        decision.target_f0,
+        decision.spread_scale,
+        warp,  # duration factor: back to the original length
+    )
+    return np.asarray(shifted.values[0], dtype=np.float32)
 
 
 def adapt(audio: np.ndarray, rate: int, target: PitchStats | None) -> tuple[np.ndarray, AdaptationPlan]:
@@ -195,18 +187,11 @@ def adapt(audio: np.ndarray, rate: int, target: PitchStats | None) -> tuple[np.n
     """
     if target is None or audio.size == 0:
         return audio, plan(None, target)
-    analysis = _analyse(audio, rate, SOURCE_F0_CEIL_HZ)
-    decision = plan(_stats(analysis.f0), target)
+    decision = plan(pitch_stats(audio, rate, SOURCE_F0_CEIL_HZ), target)
     if decision.skip:
         return audio, decision
-    envelope = pyworld.cheaptrick(analysis.samples, analysis.f0, analysis.times, rate)
-    aperiodicity = analysis.aperiodicity
-    if decision.formant_warp != 1.0:
-        envelope = warp_envelope(envelope, decision.formant_warp)
-        aperiodicity = warp_envelope(aperiodicity, decision.formant_warp)
-    f0 = _convert_f0(analysis.f0, decision)
-    rendered = pyworld.synthesize(f0, envelope, aperiodicity, rate, FRAME_PERIOD_MS)
-    # WORLD rounds the length to whole frames; keep the caller's sample count.
+    rendered = _change_gender(audio, rate, decision)
+    # Speeding up and stretching back can be a few samples off; keep the caller's sample count.
     fitted = np.zeros(audio.size, dtype=np.float32)
     length = min(audio.size, rendered.size)
     fitted[:length] = rendered[:length]

@@ -22,12 +22,15 @@ _INITIALIZE_DONT_EXIT = 0x8000  # report errors instead of calling exit() inside
 _CHARS_UTF8 = 1
 _POS_CHARACTER = 1
 _PARAM_RATE = 1  # espeakRATE, words per minute
+_PARAM_PITCH = 3  # espeakPITCH, base pitch 0-100
 _EE_OK = 0
 
 #: espeak-ng's default speaking rate and the range its synthesiser accepts (words per minute).
 DEFAULT_RATE_WPM = 175
 _MIN_RATE_WPM = 80
 _MAX_RATE_WPM = 450
+#: espeak-ng's default base pitch (0-100); the engine speaks with it, tests vary it to make references.
+DEFAULT_PITCH = 50
 
 # int callback(short *wav, int numsamples, espeak_EVENT *events); returning 0 continues synthesis.
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
@@ -80,13 +83,14 @@ class _Espeak:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
         return 0
 
-    def synthesize(self, text: str, voice: str, rate_wpm: int) -> np.ndarray:
+    def synthesize(self, text: str, voice: str, rate_wpm: int, pitch: int) -> np.ndarray:
         if voice != self._voice:
             if self._lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
                 raise EspeakError(f"espeak-ng has no voice named {voice!r}")
             self._voice = voice
         clamped = int(min(max(rate_wpm, _MIN_RATE_WPM), _MAX_RATE_WPM))
         self._lib.espeak_SetParameter(_PARAM_RATE, clamped, 0)
+        self._lib.espeak_SetParameter(_PARAM_PITCH, int(min(max(pitch, 0), 100)), 0)
         encoded = text.encode("utf-8") + b"\0"
         self._chunks = []
         status = self._lib.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
@@ -115,11 +119,11 @@ def sample_rate() -> int:
         return _engine().sample_rate
 
 
-def synthesize(text: str, voice: str, rate_wpm: int = DEFAULT_RATE_WPM) -> np.ndarray:
-    """Speak `text` with espeak-ng voice `voice` (e.g. `cmn`, `ja`, `ko`, `yue`, `en-us`).
+def synthesize(text: str, voice: str, rate_wpm: int = DEFAULT_RATE_WPM, pitch: int = DEFAULT_PITCH) -> np.ndarray:
+    """Speak `text` with espeak-ng voice `voice` (e.g. `cmn`, `ja`, `ko`, `yue`, `en-us`, `en-us+f3`).
 
     Returns float32 mono samples in [-1, 1] at `sample_rate()`; empty if espeak produced nothing.
-    The rate is clamped to the 80-450 words-per-minute range espeak-ng accepts.
+    The rate is clamped to the 80-450 words-per-minute range espeak-ng accepts, `pitch` to 0-100.
     """
     with _LOCK:
-        return _engine().synthesize(text, voice, rate_wpm)
+        return _engine().synthesize(text, voice, rate_wpm, pitch)

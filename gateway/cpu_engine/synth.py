@@ -2,7 +2,7 @@
 
 English is spoken by Piper with the packaged `joe` voice; Chinese, Japanese, Korean and Cantonese by
 espeak-ng (see espeak.py). Each text segment is split into script runs (text.py), the runs are
-spoken and level-matched, the result is adapted to the reference's pitch and formants with WORLD
+spoken and level-matched, the result is adapted to the reference's pitch and formants with Praat
 (adapt.py), resampled to the model version's output rate with soxr, levelled, and followed by
 `fragment_interval` seconds of silence, like GPT-SoVITS does between fragments.
 """
@@ -140,7 +140,7 @@ class Synthesizer:
         The noise comes from random ops inside the ONNX graph whose generators are seeded when the
         session is built and then advance with every run, so the only way to replay a seed is a new
         session (about 0.3-0.5 s). Unseeded requests then continue from that state, which is fine for
-        "random". espeak-ng and WORLD are deterministic anyway.
+        "random". espeak-ng and Praat are deterministic anyway.
         """
         onnxruntime.set_seed(seed % 2**31)
         self._voice.session = onnxruntime.InferenceSession(
