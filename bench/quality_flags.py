@@ -118,8 +118,9 @@ def flagged_section(rounds: int) -> None:
                         missed.append(f"{language}:{text[:24]!r}")
             share = flagged / outputs
             detail = ", ".join(f"{name} {count}" for name, count in reasons.most_common()) or "-"
+            spread = f"speech/expected {min(ratios):.2f}-{max(ratios):.2f}; " if ratios else ""
             print(f"{condition:<12} {outputs:>7} {flagged:>7} {share:>7.1%}  {detail}  "
-                  f"(speech/expected {min(ratios):.2f}-{max(ratios):.2f}; {time.perf_counter() - started:.0f} s)")
+                  f"({spread}{time.perf_counter() - started:.0f} s)")
             if missed:
                 print(f"{'':<12} {'wrongly flagged' if condition == 'clean' else 'missed'}: {'; '.join(missed[:6])}")
 
