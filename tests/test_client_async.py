@@ -92,8 +92,10 @@ async def test_a_429_is_retried_and_concurrent_requests_share_the_client(
             second = await client.clone(TEXT, ref, **PROMPT)  # 429 first, then served after Retry-After
             assert_clip(second.audio) and assert_clip((await first).audio)
         assert await asyncio.to_thread(refusals, gw.url) > before, "the second request should have met a 429"
-        async with AsyncClient(gw.url, max_retries=0) as impatient:
-            first = asyncio.create_task(impatient.clone(TEXT, ref, **PROMPT))
+        async with AsyncClient(gw.url, max_retries=4) as patient, AsyncClient(gw.url, max_retries=0) as impatient:
+            # the engine's first request comes from a patient client: a probe in progress (every 0.5 s here)
+            # can refuse it once with max_queue=0, and that must not end the test early
+            first = asyncio.create_task(patient.clone(TEXT, ref, **PROMPT))
             await wait_until_async(lambda: _in_flight(engine.url))
             with pytest.raises(RateLimitError) as limited:
                 await impatient.clone(TEXT, ref, **PROMPT)

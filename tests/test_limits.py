@@ -366,7 +366,8 @@ def test_unsupported_language_is_refused_before_any_reference_work(
 
 
 def test_multipart_body_allowance_is_the_same_with_or_without_a_content_length(gateway: GatewayServer) -> None:
-    allowance = MAX_UPLOAD + MAX_FIELDS_TOTAL_BYTES + MULTIPART_OVERHEAD_BYTES  # one file field on this route
+    # `audio` plus up to GATEWAY_MAX_AUX_REFERENCES (4) `aux_audio` files on this route, each at the upload cap
+    allowance = MAX_UPLOAD * 5 + MAX_FIELDS_TOTAL_BYTES + MULTIPART_OVERHEAD_BYTES
     form, content_type = multipart([("text", TEXT.encode(), None), ("text_language", b"en", None)])
 
     def post(size: int, send_chunked: bool) -> httpx.Response:
