@@ -33,11 +33,12 @@ from gateway.audio.wav import (
     parse_wav,
 )
 from gateway.engine import protocol_v1, protocol_v2
+from gateway.engine.control import EngineControl
 from gateway.engine.stream import EngineStream, next_piece, stream_from_wav
 from gateway.engine.types import EngineInfo, SynthesisRequest, SynthesisResult
-from gateway.errors import EngineBadResponse, EngineError, EngineRejected, EngineTimeout, EngineUnavailable
+from gateway.errors import EngineBadResponse, EngineError, EngineTimeout, EngineUnavailable
 from gateway.logs import request_id_var
-from gateway.settings import ModelWeights, Settings
+from gateway.settings import Settings
 
 __all__ = ["EngineStream", "VoiceCloner"]
 
@@ -54,7 +55,7 @@ _KEEPALIVE_EXPIRY = 4.0
 Classifier = Callable[[int, bytes, str], EngineError]
 
 
-class VoiceCloner:
+class VoiceCloner(EngineControl):
     """The client for one engine URL: one keep-alive httpx.AsyncClient, no retries of its own.
 
     Every error names the engine by its id (`e0`, `e1`, ... in GATEWAY_ENGINES order), never its URL: error
@@ -357,81 +358,6 @@ class VoiceCloner:
             self.info, header.sample_rate, pcm, body, deadline, warnings, caller_deadline=caller_deadline
         )
 
-    # ------------------------------------------------------------------ weights
-
-    async def load_weights(self, weights: ModelWeights, *, timeout: float | None = None) -> None:
-        """Switch the engine's global model (v2: GPT then SoVITS; v1: both at once via /set_model)."""
-        limit = self._settings.read_timeout if timeout is None else timeout
-        try:
-            async with asyncio.timeout(limit if limit > 0 else 0):
-                if await self._ensure_flavor() == "v1":
-                    params = protocol_v1.set_model_params(weights, self.id)
-                    await self._control(protocol_v1.SET_MODEL_PATH, params, "model", limit)
-                else:
-                    if weights.gpt:
-                        await self._control(protocol_v2.SET_GPT_PATH, {"weights_path": weights.gpt}, "GPT", limit)
-                    if weights.sovits:
-                        params = {"weights_path": weights.sovits}
-                        await self._control(protocol_v2.SET_SOVITS_PATH, params, "SoVITS", limit)
-                self.info = replace(self.info, version=None)  # the version follows the SoVITS file
-                if self.info.flavor == "v2":
-                    await self.probe_version()
-        except TimeoutError:
-            raise EngineTimeout(
-                f"engine {self.id} did not load weights within {limit:.1f}s", engine=self.id
-            ) from None
-
-    async def _control(self, path: str, params: dict[str, str], what: str, timeout: float) -> None:
-        request = self._http.build_request("GET", path, params=params, timeout=self._timeouts(timeout))
-        response = await self._send(request)
-        try:
-            body = await response.aread() if response.status_code < 500 else b""
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, responded=True) from exc
-        finally:
-            await response.aclose()
-        if response.status_code == 200:
-            return
-        message = _control_message(body) or f"HTTP {response.status_code}"
-        # weight paths (admin-configured) and the engine's words about them are for the operator's log only
-        log.warning("engine %s (%s) could not load %s weights %s: %s", self.id, self.url, what, params, message)
-        status = response.status_code
-        text = f"engine {self.id} could not load the model's {what} weights (HTTP {status}; see the gateway log)"
-        if 400 <= response.status_code < 500:
-            raise EngineRejected(text, engine=self.id, code="weights_rejected")
-        raise EngineBadResponse(text, engine=self.id)
-
-    # ------------------------------------------------------------------ references
-
-    async def load_reference(self, engine_path: str, *, timeout: float) -> None:
-        """api_v2 only: have the engine open and check a reference without synthesizing (`/set_refer_audio`).
-
-        `sovits-gateway check` uses it to prove the engine reads what the gateway writes. It replaces the
-        engine's one cached reference, so the next synthesis reloads its own (one extra load, no harm)."""
-        request = self._http.build_request(
-            "GET", protocol_v2.SET_REFER_AUDIO_PATH, params={"refer_audio_path": engine_path},
-            timeout=self._timeouts(timeout),
-        )
-        try:
-            async with asyncio.timeout(timeout):
-                response = await self._send(request)
-                try:
-                    body = await response.aread()
-                except httpx.HTTPError as exc:
-                    raise self._transport_error(exc, responded=True) from exc
-                finally:
-                    await response.aclose()
-        except TimeoutError:
-            message = f"engine {self.url} did not load a reference within {timeout:.1f}s"
-            raise EngineTimeout(message, engine=self.url) from None
-        if response.status_code == 200:
-            return
-        message = _control_message(body) or f"HTTP {response.status_code}"
-        text = f"engine {self.url} could not load the reference {engine_path}: {message}"
-        if 400 <= response.status_code < 500:
-            raise EngineRejected(text, engine=self.url, code="reference_rejected", engine_message=message)
-        raise EngineBadResponse(text, engine=self.url)
-
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -440,15 +366,3 @@ def _trace_headers() -> dict[str, str] | None:
     """The client request's id on the engine call, so an engine's log line can be matched with ours."""
     request_id = request_id_var.get()
     return {"X-Request-ID": request_id} if request_id else None
-
-
-def _control_message(body: bytes) -> str:
-    """`{"message": ..., "Exception": ...}` (api_v2) or `{"code": 400, "message": ...}` (api.py) → text."""
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace").strip()[:500]
-    if not isinstance(parsed, dict):
-        return str(parsed)[:500]
-    parts = [str(parsed[key]) for key in ("message", "Exception") if parsed.get(key)]
-    return ": ".join(parts)
