@@ -3,7 +3,8 @@
 Prints (1) throughput with 1 and 3 replicas over the same engines against the ideal (engines ÷ mean engine
 time, the engine time measured by direct calls in the same run), and (2) the latency that Redis adds per
 request: sequential requests to one replica with GATEWAY_REDIS_URL against the same replica without it
-(p50/p99 of each, and of a direct engine call for reference).
+(p50/p99 of each, the two alternating request by request, and of a direct engine call for reference), against
+an `--instant` engine of their own.
 
     .venv/bin/python -m bench.scale --engines 4 --delay 0.2 --requests 400
 """
@@ -54,11 +55,18 @@ async def throughput(urls: list[str], reference: bytes, count: int, concurrency:
         return count / (time.perf_counter() - started)
 
 
-async def sequential(url: str, reference: bytes, count: int) -> list[float]:
-    async with httpx.AsyncClient(timeout=60) as client:
-        for _ in range(20):
-            await clone(client, url, reference)
-        return [await clone(client, url, reference) for _ in range(count)]
+def alternating(urls: list[str], reference: bytes, count: int) -> list[list[float]]:
+    """Sequential clones, one to each of `urls` in turn (so drift on a shared machine hits all alike)."""
+    times: list[list[float]] = [[] for _ in urls]
+    with httpx.Client(timeout=60) as client:
+        for round_ in range(count + 20):
+            for index, url in enumerate(urls):
+                started = time.perf_counter()
+                client.post(f"{url}/v1/voice-clone", data=FIELDS,
+                            files={"audio": ("ref.wav", reference, "audio/wav")}).raise_for_status()
+                if round_ >= 20:  # warm-up first
+                    times[index].append(time.perf_counter() - started)
+    return times
 
 
 def direct_engine_seconds(url: str, ref: Path, count: int) -> list[float]:
@@ -99,18 +107,17 @@ def main() -> None:
         for count in (1, 3):
             rate = asyncio.run(throughput(replicas[:count], reference, args.requests, args.engines * 3))
             print(f"{count} replica(s) x {args.engines} engines: {rate:6.1f} req/s = {rate / ideal:6.1%} of ideal")
-        plain = stack.enter_context(gateway(engines[:1], shared, GATEWAY_MAX_QUEUE="1000"))
-        with_redis = stack.enter_context(gateway(engines[:1], shared, GATEWAY_REPLICA_ID="lat", **env))
-        # the Redis-backed replica also shares engine 0 with nobody here: the others are idle
-        direct = direct_engine_seconds(engines[0], ref, args.latency_requests)
-        without = asyncio.run(sequential(plain, reference, args.latency_requests))
-        shared_slots = asyncio.run(sequential(with_redis, reference, args.latency_requests))
-        print(line("direct engine call", direct))
+        # latency: a fresh --instant engine that no other replica uses, so only the gateway's own work differs
+        quick = stack.enter_context(engine("--instant"))
+        plain = stack.enter_context(gateway([quick], shared))
+        with_redis = stack.enter_context(gateway([quick], shared, GATEWAY_REPLICA_ID="lat", **env))
+        direct = direct_engine_seconds(quick, ref, args.latency_requests)
+        without, shared_slots = alternating([plain, with_redis], reference, args.latency_requests)
+        print(line("direct engine call (--instant)", direct))
         print(line("1 replica, in-process slots", without))
         print(line("1 replica, Redis leases", shared_slots))
         added = statistics.median(shared_slots) - statistics.median(without)
         print(f"Redis adds {added * 1000:+.2f} ms p50 per request (acquire + release round trips)")
-
 
 if __name__ == "__main__":
     main()

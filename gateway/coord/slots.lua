@@ -128,8 +128,9 @@ local function grant(e, id, w)
   return g
 end
 
--- Hand free slots to waiters in queue order; tell each replica about its waiters' grants (and failures).
-local function dispatch(engines)
+-- Hand free slots to waiters in queue order; tell each replica about its waiters' grants (and failures), except
+-- the waiter asking (`asking`): its grant goes back in the reply.
+local function dispatch(engines, asking)
   local out = {}
   if now < hold_until() then return out end
   local any_free = false
@@ -150,7 +151,7 @@ local function dispatch(engines)
       if e then
         local g = grant(e, id, w)
         table.insert(out, g)
-        redis.call('PUBLISH', k('grants', w.replica), cjson.encode(g))
+        if id ~= asking then redis.call('PUBLISH', k('grants', w.replica), cjson.encode(g)) end
         any_free = false
         for _, other in pairs(engines) do any_free = any_free or other.free end
       end
@@ -181,7 +182,7 @@ if cmd == 'enqueue' then -- id, replica, cands, tried, wgpt, wsov, give_up_ms, b
              'wsov', ARGV[9], 'give_up', now + tonumber(ARGV[10]))
   redis.call('PEXPIRE', k('waiter', id), tonumber(ARGV[10]) + lease_ms)
   redis.call('ZADD', k('queue'), score, id)
-  local granted = dispatch(engines)
+  local granted = dispatch(engines, id)
   for _, g in ipairs(granted) do
     if g.id == id then return answer({granted = g}, engines) end
   end
