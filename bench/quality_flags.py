@@ -68,7 +68,10 @@ def render(
     body = {"text": text, "text_lang": "en" if language == "auto" else language, "ref_audio_path": ref,
             "prompt_lang": "en", "prompt_text": "A reference.", "seed": rng.randrange(2**31),
             "speed_factor": speed, "fragment_interval": rng.choice((0.0, 0.3, 0.3, 1.0))}
-    response = client.post(f"{url}/tts", json=body)
+    try:
+        response = client.post(f"{url}/tts", json=body)
+    except httpx.RemoteProtocolError:  # the body ends before its Content-Length: the engine client's 502 too
+        return ["cut short (502 before the checks)"], None
     response.raise_for_status()
     if is_silence_placeholder(response.content):
         return ["placeholder (502 before the checks)"], None
