@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -201,8 +201,9 @@ async def test_streams_hold_their_lease_to_the_last_chunk_even_when_left_early(
                     return sum([len(chunk) async for chunk in stream.chunks()])
 
             async def stream_one_chunk() -> None:
-                async with b.stream(synthesis_request(ref, text=text)) as stream:
-                    async for _ in stream.chunks():
+                # the chunk generator is closed here, not later by the event loop's finalizer
+                async with b.stream(synthesis_request(ref, text=text)) as stream, aclosing(stream.chunks()) as chunks:
+                    async for _ in chunks:
                         break  # the consumer goes away: the slot drains, then returns
 
             whole = asyncio.create_task(stream_all())
