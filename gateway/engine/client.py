@@ -10,6 +10,9 @@ attempt can help:
 - non-200 → classified by the flavour's protocol module (EngineRejected or EngineBadResponse)
 - 200 with a body that is not a usable WAV (truncated, garbage, 0 frames, the 16 kHz silence
   placeholder) → EngineBadResponse (retryable)
+
+Every deadline around an httpx call is an anyio scope, never asyncio.timeout: httpcore shields its
+connection cleanup with anyio, which a native cancel pierces (stream.next_piece says what that costs).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
+import anyio
 import httpx
 
 from gateway.audio.wav import (
@@ -140,7 +144,7 @@ class VoiceCloner(EngineControl):
         """A small GET bounded by connect_timeout as a whole (probes must never hang)."""
         limit = self._settings.connect_timeout
         try:
-            async with asyncio.timeout(limit):
+            with anyio.fail_after(limit):
                 response = await self._http.get(path, params=params, timeout=httpx.Timeout(limit))
         except TimeoutError:
             message = f"engine {self.id} did not answer {path} within {limit:g}s"
@@ -160,7 +164,7 @@ class VoiceCloner(EngineControl):
         """One whole-file synthesis within `timeout` seconds, checked before it counts as a success."""
         started = time.monotonic()
         try:
-            async with asyncio.timeout(timeout if timeout > 0 else 0):
+            with anyio.fail_after(max(timeout, 0)):
                 flavor = await self._ensure_flavor()
                 path, body, warnings, classify = self._synthesis_call(req, flavor, streaming=False)
                 data = await self._post_for_body(path, body, timeout, classify)
@@ -288,7 +292,7 @@ class VoiceCloner(EngineControl):
         started = loop.time()
         deadline = started + timeout
         try:
-            async with asyncio.timeout_at(deadline):
+            with anyio.fail_after(deadline - loop.time()):
                 flavor = await self._ensure_flavor()
         except TimeoutError:
             raise EngineTimeout(f"engine {self.id} did not answer in time", engine=self.id) from None
@@ -301,7 +305,7 @@ class VoiceCloner(EngineControl):
             "POST", path, json=body, headers=_trace_headers(), timeout=self._timeouts(timeout)
         )
         try:
-            async with asyncio.timeout_at(deadline):
+            with anyio.fail_after(deadline - loop.time()):
                 response = await self._send(request)
         except TimeoutError:
             raise EngineTimeout(f"engine {self.id} did not answer within {timeout:.1f}s", engine=self.id) from None
@@ -317,7 +321,7 @@ class VoiceCloner(EngineControl):
     async def _stream_error(self, response: httpx.Response, classify: Classifier, deadline: float) -> EngineError:
         """The error of a non-200 streaming answer; reading its body is bounded and never leaks httpx errors."""
         try:
-            async with asyncio.timeout_at(deadline):
+            with anyio.fail_after(deadline - anyio.current_time()):
                 return await self._error_from(response, classify)
         except TimeoutError:
             return EngineTimeout(f"engine {self.id} did not finish its error answer in time", engine=self.id)

@@ -4,12 +4,12 @@ client, connection pool and error classification, kept in its own file."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import replace
 from typing import Protocol
 
+import anyio
 import httpx
 
 from gateway.engine import protocol_v1, protocol_v2
@@ -46,7 +46,7 @@ class EngineControl:
         """Switch the engine's global model (v2: GPT then SoVITS; v1: both at once via /set_model)."""
         limit = self._settings.read_timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(limit if limit > 0 else 0):
+            with anyio.fail_after(max(limit, 0)):
                 if await self._ensure_flavor() == "v1":
                     params = protocol_v1.set_model_params(weights, self.id)
                     await self._control(protocol_v1.SET_MODEL_PATH, params, "model", limit)
@@ -96,7 +96,7 @@ class EngineControl:
             timeout=self._timeouts(timeout),
         )
         try:
-            async with asyncio.timeout(timeout):
+            with anyio.fail_after(timeout):
                 response = await self._send(request)
                 try:
                     body = await response.aread()

@@ -7,15 +7,14 @@ Decisions worth knowing:
 - Queue and selection: see selection.py (FIFO, retries at the front, least busy, affinity).
 - Deadlines: each attempt gets a fair engine budget, min(max_request_seconds, read_timeout +
   read_timeout_per_char × len(text)), never shortened by the client; only running out of it counts
-  against the engine. The caller's deadline (that budget + max_queue_wait, shortened by its timeout)
-  only decides when the caller gets its 504: a short client timeout must not take a healthy engine out.
+  against the engine. The caller's deadline (that budget + max_queue_wait, shortened by its timeout) only
+  decides when the caller gets its 504: a short client timeout must not take a healthy engine out.
 - Cancellation (client gone): a queued waiter leaves the queue at once. A non-streaming call runs in its
   own task and keeps its slot until the engine really answers (bounded by the deadline): the engine
   finishes the job anyway, and sending it another request meanwhile would put two in flight. A stream
   left early closes its response (the engine stops at its next chunk) and keeps the slot for a grace
   sized generously from the slowest chunk wait seen on that engine (stream.stop_grace_for says why).
-- Capabilities: an engine whose model cannot take the request's languages, or an api.py engine for a
-  reference-free request, is never a candidate (selection.capability_filter).
+- Capabilities: engines that cannot serve the request are never candidates (selection.capability_filter).
 - Recovery: a request that finds no engine up first waits for a fresh probe of the down ones (shared and
   rate-limited, probing.py), so the first request after an engine (re)starts is served, not refused.
 """

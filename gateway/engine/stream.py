@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
+import anyio
 import httpx
 import numpy as np
 
@@ -94,7 +95,7 @@ class EngineStream:
         remaining = self._deadline - asyncio.get_running_loop().time()
         return stop_grace_for(max(self._longest_wait, slowest_seen), remaining)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         loop = asyncio.get_running_loop()
         carry, self._pending = self._pending, b""
         try:
@@ -131,7 +132,10 @@ async def next_piece(
     try:
         if remaining <= 0:
             raise TimeoutError
-        async with asyncio.timeout(remaining):
+        # an anyio deadline, not asyncio.timeout: httpcore shields its connection cleanup with an anyio scope,
+        # which a native cancel pierces, leaving the connection open and marked active (the engine never
+        # learns the client left) when this deadline and the caller's anyio one fire together
+        with anyio.fail_after(remaining):
             return await anext(body, None)
     except (TimeoutError, httpx.TimeoutException):
         if callers_first:

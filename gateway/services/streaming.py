@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, aclosing
 
 import anyio
 from anyio import CancelScope
@@ -109,14 +109,17 @@ class OpenedStream:
         samples = 0
         first = True
         try:
-            async for chunk in self._stream.chunks():
-                samples += len(chunk) // 2
-                data = await anyio.to_thread.run_sync(encoder.feed, chunk) if encoder.costly else encoder.feed(chunk)
-                if data:
-                    if first:
-                        metrics.time_to_first_byte.observe(time.perf_counter() - self._started)
-                        first = False
-                    await buffer.put(data)
+            # closed here when cancelled (client gone), not left to the event loop's finalizer
+            async with aclosing(self._stream.chunks()) as chunks:
+                async for chunk in chunks:
+                    samples += len(chunk) // 2
+                    feed = encoder.feed
+                    data = await anyio.to_thread.run_sync(feed, chunk) if encoder.costly else feed(chunk)
+                    if data:
+                        if first:
+                            metrics.time_to_first_byte.observe(time.perf_counter() - self._started)
+                            first = False
+                        await buffer.put(data)
         except EngineError as exc:  # an abort or a deadline mid-body: the writer cuts the client's body
             await self.aclose()
             buffer.close(exc)
