@@ -157,6 +157,13 @@ def reference_pitch(path: str) -> PitchStats | None:
         return None
 
 
+def seed(value: int) -> None:
+    """Make the shifts that follow reproducible: PSOLA fills unvoiced stretches with randomly placed periods
+    (Praat's own generator, seeded from the clock at start-up), so without this a seeded request's waveform
+    differed on every call (sample peaks up to 0.7 apart) and its edge silence by a 20 ms frame."""
+    parselmouth.praat.run(f"random_initializeWithSeedUnsafelyButPredictably ({value % 2**31})")
+
+
 def _change_gender(audio: np.ndarray, rate: int, decision: AdaptationPlan) -> np.ndarray:
     """Formants times formant_warp, median F0 to target_f0, log-F0 range times spread_scale, same duration.
 

@@ -120,6 +120,8 @@ class Synthesizer:
         if not texts:
             return
         self._pending_seed = params.seed if params.seed >= 0 else None
+        if params.seed >= 0:
+            adapt.seed(params.seed)
         target = adapt.reference_pitch(params.ref_audio_path) if params.ref_audio_path else None
         speed = max(params.speed_factor, _MIN_SPEED)
         silence = np.zeros(int(round(max(params.fragment_interval, 0.0) * params.output_rate)), dtype=np.float32)
