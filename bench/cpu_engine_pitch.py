@@ -25,6 +25,7 @@ import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests` is not an installed package
 
+from bench.cpu_engine_rtf import CHINESE_30_CHARS, ENGLISH_60_WORDS, RATE, RUNS  # noqa: E402
 from gateway.cpu_engine import adapt  # noqa: E402
 from gateway.cpu_engine.synth import SynthesisParams, Synthesizer  # noqa: E402
 from tests.support import measured_median_f0  # noqa: E402
@@ -34,15 +35,6 @@ TEXTS = {
     "en": "The gateway speaks with the voice of whoever recorded the reference. High or low, it should follow.",
     "zh": "网关用录制参考音频的人的声音说话，无论高低都应该跟随。",
 }
-ENGLISH_60_WORDS = (
-    "The old lighthouse keeper climbed the narrow stairs every evening, carrying a small lamp and a "
-    "notebook full of weather reports. He watched the ships pass in the distance, wrote down the wind "
-    "and the waves, and sometimes sang quietly to himself. In the morning he walked along the beach, "
-    "collecting shells for his grandchildren, who visited him every summer."
-)
-CHINESE_30_CHARS = "今天早上我们一起去公园散步，看到很多人在湖边跑步和打太极拳。"
-RATE = 32000
-RUNS = 5
 SEEDS = (1, 2, 3)
 
 

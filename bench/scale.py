@@ -119,5 +119,6 @@ def main() -> None:
         added = statistics.median(shared_slots) - statistics.median(without)
         print(f"Redis adds {added * 1000:+.2f} ms p50 per request (acquire + release round trips)")
 
+
 if __name__ == "__main__":
     main()

@@ -142,7 +142,7 @@ class Synthesizer:
         The noise comes from random ops inside the ONNX graph whose generators are seeded when the
         session is built and then advance with every run, so the only way to replay a seed is a new
         session (about 0.3-0.5 s). Unseeded requests then continue from that state, which is fine for
-        "random". espeak-ng and Praat are deterministic anyway.
+        "random". espeak-ng is deterministic; Praat's generator is seeded in `segments` (adapt.seed).
         """
         onnxruntime.set_seed(seed % 2**31)
         self._voice.session = onnxruntime.InferenceSession(
