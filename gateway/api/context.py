@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -10,6 +9,7 @@ import uuid
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import anyio
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -104,26 +104,31 @@ class ClientDisconnected(Exception):
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it if the client disconnects (e.g. while queued), so no slot is wasted."""
-    task = asyncio.ensure_future(work)
+    """Run `work`, cancelling it if the client disconnects (e.g. while queued), so no slot is wasted.
 
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
+    The cancel is an anyio scope's, not `task.cancel()`: it waits out httpcore's shielded cleanup, so an
+    engine call cut mid-read still closes its connection (the same rule as the deadlines in engine/).
+    """
+    done: list[T] = []
+    failure: Exception | None = None
+    gone = False
+    async with anyio.create_task_group() as group:
 
-    watcher = asyncio.ensure_future(watch())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        await asyncio.wait({task})  # let it unwind (release its queue place) without swallowing our own cancel
-        if not task.cancelled():
-            task.exception()  # mark a late failure as seen: the client is gone, nobody reads it
-        raise ClientDisconnected()
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
+        async def watch() -> None:
+            nonlocal gone
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        try:
+            done.append(await work)
+        except Exception as exc:  # kept out of the task group, which would wrap it in an ExceptionGroup
+            failure = exc
+        group.cancel_scope.cancel()  # the work is over: stop watching
+    if gone:
+        raise ClientDisconnected()  # a failure the cancel caused is moot: nobody reads it
+    if failure is not None:
+        raise failure
+    return done[0]
