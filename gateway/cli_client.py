@@ -64,17 +64,24 @@ def _voice_line(voice: Voice) -> str:
 
 def _clone(client: Client, args: argparse.Namespace) -> int:
     fields = _pairs(args.set, "--set")
-    result = client.clone(args.text, args.speaker, voice=args.voice, text_language=args.language,
-                          prompt_text=args.prompt_text, prompt_language=args.prompt_language, **fields)
+    result = client.clone(args.text, args.speaker, voice=args.voice, aux_references=args.aux,
+                          text_language=args.language, prompt_text=args.prompt_text,
+                          prompt_language=args.prompt_language, quality_retries=args.quality_retries,
+                          min_similarity=args.min_similarity, **fields)
     result.save(args.output)
+    quality = result.quality or {}
+    suspect = "" if quality.get("ok", True) else f", suspect: {', '.join(quality.get('problems') or [])}"
     _emit(args, {**result.metadata, "output": str(args.output)},
-          f"{args.output}: {result.duration:.2f} s at {result.sample_rate} Hz (request {result.request_id})")
+          f"{args.output}: {result.duration:.2f} s at {result.sample_rate} Hz{suspect} (request {result.request_id})")
     return EXIT_OK
 
 
 def _voices_add(client: Client, args: argparse.Namespace) -> int:
-    voice = client.create_voice(args.name, args.audio, prompt_text=args.prompt_text,
+    voice = client.create_voice(args.name, args.audio, aux_references=args.aux, prompt_text=args.prompt_text,
                                 prompt_language=args.prompt_language, description=args.description)
+    if not args.json:
+        for warning in voice.data.get("warnings") or []:  # e.g. it sounds like a voice already in the library
+            print(f"sovits-gateway: warning: {warning}", file=sys.stderr)
     if args.default:
         client.set_default_voice(voice.id)
         voice = client.get_voice(voice.id)
@@ -196,6 +203,12 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     reference.add_argument("--voice", help="a library voice (id or name); neither: the default voice")
     clone.add_argument("--prompt-text", help="what is said in the reference (empty: reference-free mode)")
     clone.add_argument("--prompt-language", help="language of the reference (default: the text's)")
+    clone.add_argument("--aux", action="append", type=Path, default=[], metavar="REF.wav",
+                       help="another recording of the same voice (api_v2 engines fuse the timbre); repeatable")
+    clone.add_argument("--quality-retries", type=int, metavar="N",
+                       help="render again (new seed) when the output fails the quality checks, up to N times (max 3)")
+    clone.add_argument("--min-similarity", type=float, metavar="X",
+                       help="also require this speaker similarity to the reference (needs the quality extra)")
     clone.add_argument("-o", "--output", type=Path, required=True, help="where to write the WAV")
     clone.set_defaults(run=_run(_clone))
 
@@ -207,6 +220,8 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     add.add_argument("--prompt-text", default="", help="what is said in the recording")
     add.add_argument("--prompt-language", default="auto")
     add.add_argument("--description")
+    add.add_argument("--aux", action="append", type=Path, default=[], metavar="REF.wav",
+                     help="another recording of the same voice, kept with it; repeatable")
     add.add_argument("--default", action="store_true", help="also make it the default voice")
     add.set_defaults(run=_run(_voices_add))
     voices.add_parser("list", parents=[common], help="list voices").set_defaults(run=_run(_voices_list))

@@ -16,7 +16,16 @@ import pytest
 from gateway.client import Client
 from tests.client_support import assert_clip, gateway_before, reference_file
 from tests.gateway_support import GatewayServer, fast_settings, running_gateway
-from tests.support import REPO_ROOT, EngineProcess, decode_wav, free_port, make_reference
+from tests.support import (
+    REPO_ROOT,
+    EngineProcess,
+    decode_wav,
+    engine_stats,
+    free_port,
+    make_reference,
+    running_engine,
+    set_engine_faults,
+)
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 
@@ -122,3 +131,34 @@ def test_dub_runs_a_job_with_a_progress_bar(gateway: GatewayServer, ref: Path, t
     assert quiet.returncode == 0 and quiet.stderr == ""
     job = json.loads(quiet.stdout)
     assert job["status"] == "done" and job["output"] == str(tmp_path / "t.flac") and job["format"] == "flac"
+
+
+def test_clone_and_voices_add_take_extra_references(
+    gateway: GatewayServer, engine_v2: EngineProcess, ref: Path, tmp_path: Path
+) -> None:
+    extras = [make_reference(tmp_path / f"aux{i}.wav", seconds=3.5, f0=150.0 + 40 * i) for i in range(2)]
+    out = tmp_path / "layered.wav"
+    run = cli("clone", "With two more recordings.", "--speaker", ref, "--aux", extras[0], "--aux", extras[1],
+              "--language", "en", "--quality-retries", "1", "-o", out, "--json", url=gateway.url)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["quality"]["ok"] is True and assert_clip(out.read_bytes()) > 0.5
+    sent = [Path(p).stem for p in engine_stats(engine_v2.url)["aux_ref_audio_paths"]]
+    assert len(set(sent)) == 2
+    added = cli("voices", "add", "Layered", ref, "--aux", extras[0], "--aux", extras[1], "--json", url=gateway.url)
+    assert added.returncode == 0 and json.loads(added.stdout)["aux_reference_sha256"] == sent
+    again = cli("voices", "add", "Layered twin", ref, url=gateway.url)  # the same recording: a warning names it
+    assert again.returncode == 0 and "sovits-gateway: warning: " in again.stderr and "Layered" in again.stderr
+    for name in ("Layered", "Layered twin"):
+        assert cli("voices", "rm", name, url=gateway.url).returncode == 0
+
+
+def test_clone_says_when_the_output_is_suspect(ref: Path, tmp_path: Path) -> None:
+    with running_engine("--debug-routes") as engine, running_gateway(
+        fast_settings(tmp_path / "shared", [engine.url])
+    ) as gw:
+        set_engine_faults(engine.url, fault="mute")
+        out = tmp_path / "mute.wav"
+        run = cli("clone", TEXT, "--speaker", ref, "--language", "en", "--quality-retries", "1", "-o", out,
+                  url=gw.url)
+    assert run.returncode == 0, run.stderr  # an answer, written: the caller decides what a suspect clip is worth
+    assert ", suspect: silent (request " in run.stdout and out.exists()

@@ -286,3 +286,59 @@ def test_engine_faults_raise_bad_gateway_and_timeout(busy: tuple[GatewayServer, 
         assert_envelope(late, 504, "engine_timeout")
     finally:
         set_engine_faults(engine.url, delay=0.0)
+
+
+# ---------------------------------------------------------------------------------------------- quality, speakers
+
+
+@pytest.fixture(scope="module")
+def extras(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three more recordings (other pitches: other content hashes, other speakers to an encoder)."""
+    folder = tmp_path_factory.mktemp("aux")
+    return [make_reference(folder / f"aux{i}.wav", seconds=3.5, f0=150.0 + 40 * i) for i in range(3)]
+
+
+def sent_aux(engine: EngineProcess) -> list[str]:
+    """The stems (content hashes) of the extra references the engine received with its last request."""
+    return [Path(path).stem for path in engine_stats(engine.url)["aux_ref_audio_paths"]]
+
+
+def test_extra_references_travel_with_clone_voices_and_speech(
+    client: Client, engine_v2: EngineProcess, ref: Path, extras: list[Path]
+) -> None:
+    cloned = client.clone("Two more recordings.", ref, aux_references=[extras[0], extras[1].read_bytes()], **PROMPT)
+    assert_clip(cloned.audio)
+    assert cloned.quality is not None and cloned.quality["ok"] and cloned.quality["problems"] == []
+    sent = sent_aux(engine_v2)
+    assert len(sent) == 2 and len(set(sent)) == 2
+    voice = client.create_voice("layered", ref, aux_references=extras[:2], prompt_text="A reference recording.",
+                                prompt_language="en")
+    assert voice.data["aux_reference_sha256"] == sent  # the same recordings: the same stored files, in order
+    spoken = client.speech("The voice and one more.", voice=voice.id, aux_references=[extras[2]])
+    assert_clip(spoken.audio)
+    assert spoken.quality_ok is True and spoken.quality_problems == []
+    assert sent_aux(engine_v2)[:2] == sent and len(sent_aux(engine_v2)) == 3  # the voice's, then the request's
+    client.delete_voice(voice.id)
+
+
+def test_speaker_embedding_tells_voices_apart(client: Client, ref: Path, extras: list[Path]) -> None:
+    first, again = client.speaker_embedding(ref), client.speaker_embedding(ref.read_bytes())
+    other = client.speaker_embedding(extras[2])
+    assert first.model == "ge2e" and first.dim == len(first.embedding) == 256 and 3.9 < first.duration < 4.1
+    assert first.similarity(again) > 0.999 > first.similarity(other)
+
+
+def test_a_suspect_output_is_rendered_again_then_reported(busy: tuple[GatewayServer, EngineProcess], ref: Path) -> None:
+    gw, engine = busy
+    set_engine_faults(engine.url, fault="mute", fault_count=1)  # the first render is silent, the next is fine
+    try:
+        with Client(gw.url) as c:
+            mended = c.clone(TEXT, ref, quality_retries=1, **PROMPT)
+            assert_clip(mended.audio)
+            assert mended.quality and mended.quality["ok"] and len(mended.quality["attempts"]) == 2
+            set_engine_faults(engine.url, fault_count=None)  # now every render is silent
+            suspect = c.clone(TEXT, ref, quality_retries=1, **PROMPT)
+    finally:
+        set_engine_faults(engine.url, fault=None)
+    assert suspect.quality and not suspect.quality["ok"] and suspect.quality["problems"] == ["silent"]
+    assert len(suspect.quality["attempts"]) == 2

@@ -17,6 +17,7 @@ from tests.gateway_support import GatewayServer, fast_settings, running_gateway
 from tests.support import (
     EngineProcess,
     engine_stats_async,
+    make_reference,
     running_engine,
     set_engine_faults,
     wait_until_async,
@@ -56,6 +57,23 @@ async def test_synthesis_voices_and_health(gateway: GatewayServer, ref: Path) ->
         with pytest.raises(NotFoundError) as gone:
             await client.get_voice(voice.id)
         assert gone.value.code == "voice_not_found" and gone.value.request_id
+
+
+async def test_extra_references_and_speaker_embeddings(
+    gateway: GatewayServer, engine_v2: EngineProcess, ref: Path, tmp_path: Path
+) -> None:
+    extra = make_reference(tmp_path / "aux.wav", seconds=3.5, f0=190.0)
+    async with AsyncClient(gateway.url) as client:
+        cloned = await client.clone("And one more recording.", ref, aux_references=[extra], **PROMPT)
+        assert cloned.quality and cloned.quality["ok"] and assert_clip(cloned.audio) > 0.5
+        sent = (await engine_stats_async(engine_v2.url))["aux_ref_audio_paths"]
+        voice = await client.create_voice("async-layered", ref, aux_references=[extra.read_bytes()])
+        assert voice.data["aux_reference_sha256"] == [Path(path).stem for path in sent] and len(sent) == 1
+        spoken = await client.speech("Hello again.", voice=voice.id, aux_references=[ref])
+        assert spoken.quality_ok and len((await engine_stats_async(engine_v2.url))["aux_ref_audio_paths"]) == 2
+        await client.delete_voice(voice.id)
+        embedding = await client.speaker_embedding(extra)
+        assert embedding.dim == 256 and embedding.similarity(await client.speaker_embedding(ref)) < 0.999
 
 
 async def test_jobs(gateway: GatewayServer, ref: Path, tmp_path: Path) -> None:

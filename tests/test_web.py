@@ -224,6 +224,24 @@ def test_short_reference_shows_the_envelope_message(page: Page, gateway: Gateway
     assert page.inner_text("#gen-error") == message
 
 
+def test_saving_a_voice_that_sounds_like_another_says_so(
+    page: Page, gateway: GatewayServer, padded_reference: Path
+) -> None:
+    original = httpx.post(f"{gateway.url}/v1/voices", data={"name": "Original"}, timeout=60,
+                          files={"audio": (padded_reference.name, padded_reference.read_bytes())})
+    assert original.status_code == 201, original.text
+    page.goto(gateway.url)
+    page.set_input_files("#ref-file", str(padded_reference))
+    page.wait_for_selector("#waveform[data-state=ok]")
+    page.fill("#voice-name", "Copy")
+    page.click("#save-voice")
+    page.wait_for_selector("#voices li:has-text('Copy')")
+    status = page.inner_text("#status")
+    assert status.startswith("Saved voice Copy. ") and "Original" in status, status
+    for voice in httpx.get(f"{gateway.url}/v1/voices").json()["voices"]:
+        assert httpx.delete(f"{gateway.url}/v1/voices/{voice['id']}").status_code == 204
+
+
 def test_failed_lines_are_marked(page: Page, gateway: GatewayServer) -> None:
     """The timeline's drawing of a failed line (no engine fault needed to see how it is marked)."""
     page.goto(gateway.url)

@@ -19,7 +19,7 @@ from gateway.client._errors import (
     ServiceUnavailableError,
     UnsupportedMediaError,
 )
-from gateway.client._models import CloneResult, Health, Job, SpeechResult, Track, Voice
+from gateway.client._models import CloneResult, Health, Job, SpeakerEmbedding, SpeechResult, Track, Voice
 from gateway.client._sync import Client
 from gateway.client.compat import VoiceCloner, get_voice_cloner
 
@@ -27,6 +27,6 @@ __all__ = [
     "DEFAULT_URL", "AsyncClient", "AudioInput", "BadGatewayError", "BadRequestError", "Client", "CloneResult",
     "ConflictError", "GatewayAPIError", "GatewayConnectionError", "GatewayTimeoutError", "Health",
     "InvalidRequestError", "Job", "NotFoundError", "PayloadTooLargeError", "RateLimitError", "RequestError",
-    "ServiceError", "ServiceUnavailableError", "SpeechResult", "Track", "UnsupportedMediaError", "Voice",
-    "VoiceCloner", "get_voice_cloner",
+    "ServiceError", "ServiceUnavailableError", "SpeakerEmbedding", "SpeechResult", "Track", "UnsupportedMediaError",
+    "Voice", "VoiceCloner", "get_voice_cloner",
 ]

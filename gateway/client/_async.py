@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -14,7 +14,7 @@ from tenacity import AsyncRetrying
 from gateway.client import _calls as calls
 from gateway.client._calls import AudioInput, Call, ClientBase, EventParser
 from gateway.client._errors import GatewayConnectionError, error_from_response, error_from_transport
-from gateway.client._models import CloneResult, Health, Job, SpeechResult, Track, Voice
+from gateway.client._models import CloneResult, Health, Job, SpeakerEmbedding, SpeechResult, Track, Voice
 
 T = TypeVar("T")
 
@@ -64,31 +64,37 @@ class AsyncClient(ClientBase[httpx.AsyncClient]):
     # ------------------------------------------------------------------------------------------ synthesis
 
     async def clone(
-        self, text: str, reference: AudioInput | None = None, *, voice: str | None = None, **fields: Any
+        self, text: str, reference: AudioInput | None = None, *, voice: str | None = None,
+        aux_references: Sequence[AudioInput] = (), **fields: Any,
     ) -> CloneResult:
         """`POST /v1/voice-clone`: `reference` (a path or bytes) or a library `voice`, neither = the default
-        voice. Fields: `text_language`, `prompt_text`, `prompt_language`, engine knobs, ..."""
-        return await self._call(calls.clone(text, reference, voice, fields))
+        voice; `aux_references`: more recordings of the same voice. Fields: `text_language`, `prompt_text`,
+        `prompt_language`, `quality_retries`, `min_similarity`, engine knobs, ..."""
+        return await self._call(calls.clone(text, reference, voice, aux_references, fields))
 
     async def speech(
         self, text: str, *, voice: str | None = None, reference: AudioInput | None = None,
-        response_format: str = "wav", **fields: Any,
+        aux_references: Sequence[AudioInput] = (), response_format: str = "wav", **fields: Any,
     ) -> SpeechResult:
         """`POST /v1/audio/speech` as one whole clip in `response_format` (wav, mp3, opus, aac, flac, pcm)."""
-        return await self._call(calls.speech(text, voice, reference, response_format, False, fields))
+        return await self._call(calls.speech(text, voice, reference, aux_references, response_format, False, fields))
 
     def stream(
         self, text: str, *, voice: str | None = None, reference: AudioInput | None = None,
-        response_format: str = "wav", **fields: Any,
+        aux_references: Sequence[AudioInput] = (), response_format: str = "wav", **fields: Any,
     ) -> AsyncIterator[bytes]:
         """The audio as it is made: an async iterator of encoded chunks (the request is sent on the first one)."""
-        return self._chunks(calls.speech(text, voice, reference, response_format, True, fields))
+        return self._chunks(calls.speech(text, voice, reference, aux_references, response_format, True, fields))
 
     # ------------------------------------------------------------------------------------------ voices
 
-    async def create_voice(self, name: str, audio: AudioInput, **fields: Any) -> Voice:
-        """Fields: `prompt_text`, `prompt_language`, `description`, `model`, `trim_reference`."""
-        return await self._call(calls.create_voice(name, audio, fields))
+    async def create_voice(
+        self, name: str, audio: AudioInput, *, aux_references: Sequence[AudioInput] = (), **fields: Any
+    ) -> Voice:
+        """`aux_references`: more recordings of the same voice, kept with it. Fields: `prompt_text`,
+        `prompt_language`, `description`, `model`, `trim_reference`. `voice.data["warnings"]` names an existing
+        voice that sounds the same (with the gateway's `quality` extra)."""
+        return await self._call(calls.create_voice(name, audio, aux_references, fields))
 
     async def list_voices(self) -> list[Voice]:
         return await self._call(calls.list_voices())
@@ -155,6 +161,13 @@ class AsyncClient(ClientBase[httpx.AsyncClient]):
         if path is not None:
             result.save(path)
         return result
+
+    # ------------------------------------------------------------------------------------------ speakers
+
+    async def speaker_embedding(self, audio: AudioInput) -> SpeakerEmbedding:
+        """Who is speaking in `audio`, as a unit vector; compare two with `.similarity()` (needs the gateway's
+        `quality` extra: 501 without it)."""
+        return await self._call(calls.speaker_embedding(audio))
 
     # ------------------------------------------------------------------------------------------ health
 

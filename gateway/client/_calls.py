@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import httpx
 
-from gateway.client._models import CloneResult, Health, Job, SpeechResult, Track, Voice
+from gateway.client._models import CloneResult, Health, Job, SpeakerEmbedding, SpeechResult, Track, Voice
 from gateway.client._retry import RetryPolicy
 
 T = TypeVar("T")
@@ -24,6 +24,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 #: a recording: a file path, or the file's bytes
 AudioInput = str | os.PathLike[str] | bytes
 FileField = tuple[str, bytes, str]
+#: multipart files as (field, file) pairs: a field such as `aux_audio` may repeat
+Files = list[tuple[str, FileField]]
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Call(Generic[T]):
     parse: Callable[[httpx.Response], T]
     params: dict[str, Any] | None = None
     data: dict[str, str] | None = None
-    files: dict[str, FileField] | None = None
+    files: Files | None = None
     json: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     #: error statuses that are answers here, not failures (`/readyz` says 503 when not ready)
@@ -87,6 +89,17 @@ def _file(name: str, audio: AudioInput) -> FileField:
     return (path.name, path.read_bytes(), "application/octet-stream")
 
 
+def _uploads(named: Sequence[tuple[str, AudioInput | None]]) -> Files | None:
+    """The recordings that were given, as multipart files (None when there are none)."""
+    files = [(name, _file(name, audio)) for name, audio in named if audio is not None]
+    return files or None
+
+
+def _aux(aux_references: Sequence[AudioInput]) -> list[tuple[str, AudioInput | None]]:
+    """Extra references of the same voice: repeated `aux_audio` files (api_v2 engines fuse the timbre)."""
+    return [("aux_audio", audio) for audio in aux_references]
+
+
 def _form_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -112,11 +125,14 @@ def _nothing(response: httpx.Response) -> None:
 # ------------------------------------------------------------------------------------------------- synthesis
 
 
-def clone(text: str, reference: AudioInput | None, voice: str | None, fields: Mapping[str, Any]) -> Call[CloneResult]:
+def clone(
+    text: str, reference: AudioInput | None, voice: str | None, aux_references: Sequence[AudioInput],
+    fields: Mapping[str, Any],
+) -> Call[CloneResult]:
     """`POST /v1/voice-clone` as multipart; unknown `fields` (engine knobs, new options) go through as form fields."""
     return Call("POST", "/v1/voice-clone", lambda r: CloneResult.from_json(_json_object(r)),
                 data=_form({"text": text, "voice_id": voice, **fields}),
-                files={"audio": _file("reference.wav", reference)} if reference is not None else None)
+                files=_uploads([("audio", reference), *_aux(aux_references)]))
 
 
 def _speech_result(response_format: str) -> Callable[[httpx.Response], SpeechResult]:
@@ -131,16 +147,22 @@ def _speech_result(response_format: str) -> Callable[[httpx.Response], SpeechRes
 
 
 def speech(
-    text: str, voice: str | None, reference: AudioInput | None, response_format: str, stream: bool,
-    fields: Mapping[str, Any],
+    text: str, voice: str | None, reference: AudioInput | None, aux_references: Sequence[AudioInput],
+    response_format: str, stream: bool, fields: Mapping[str, Any],
 ) -> Call[SpeechResult]:
-    """`POST /v1/audio/speech`: JSON, or multipart when a reference recording is sent along."""
+    """`POST /v1/audio/speech`: JSON, or multipart when recordings are sent along."""
     body = {"input": text, "voice": voice, "response_format": response_format, "stream": stream, **fields}
     parse = _speech_result(response_format)
-    if reference is None:
+    files = _uploads([("reference_audio", reference), *_aux(aux_references)])
+    if files is None:
         return Call("POST", "/v1/audio/speech", parse, json={k: v for k, v in body.items() if v is not None})
-    return Call("POST", "/v1/audio/speech", parse, data=_form(body),
-                files={"reference_audio": _file("reference.wav", reference)})
+    return Call("POST", "/v1/audio/speech", parse, data=_form(body), files=files)
+
+
+def speaker_embedding(audio: AudioInput) -> Call[SpeakerEmbedding]:
+    """`POST /v1/speaker-embedding` (needs the gateway's `quality` extra, else 501)."""
+    return Call("POST", "/v1/speaker-embedding", lambda r: SpeakerEmbedding.from_json(_json_object(r)),
+                files=_uploads([("audio", audio)]))
 
 
 # ------------------------------------------------------------------------------------------------- voices
@@ -150,9 +172,11 @@ def _voice(response: httpx.Response) -> Voice:
     return Voice.from_json(_json_object(response))
 
 
-def create_voice(name: str, audio: AudioInput, fields: Mapping[str, Any]) -> Call[Voice]:
+def create_voice(
+    name: str, audio: AudioInput, aux_references: Sequence[AudioInput], fields: Mapping[str, Any]
+) -> Call[Voice]:
     return Call("POST", "/v1/voices", _voice, data=_form({"name": name, **fields}),
-                files={"audio": _file("reference.wav", audio)})
+                files=_uploads([("audio", audio), *_aux(aux_references)]))
 
 
 def list_voices() -> Call[list[Voice]]:
@@ -195,16 +219,15 @@ def submit_job(
     files go as multipart (with the other fields as the `job` JSON field), else the job is a JSON body."""
     headers = {"Idempotency-Key": idempotency_key or f"client-{uuid.uuid4().hex}"}
     body = {key: value for key, value in fields.items() if value is not None}
-    named: dict[str, AudioInput | None] = {
-        "subtitles": subtitles if isinstance(subtitles, Path) else None,
-        "source_subtitles": source_subtitles,
-        "source_audio": source_audio,
-        **{f"speaker.{name}": audio for name, audio in (speakers or {}).items()},
-    }
-    uploads = {name: _file(name, value) for name, value in named.items() if value is not None}
+    uploads = _uploads([
+        ("subtitles", subtitles if isinstance(subtitles, Path) else None),
+        ("source_subtitles", source_subtitles),
+        ("source_audio", source_audio),
+        *[(f"speaker.{name}", audio) for name, audio in (speakers or {}).items()],
+    ])
     if isinstance(subtitles, str):
         body["subtitles"] = subtitles
-    if not uploads:
+    if uploads is None:
         return Call("POST", "/v1/jobs", _job, json=body, headers=headers)
     return Call("POST", "/v1/jobs", _job, data={"job": json.dumps(body)}, files=uploads, headers=headers)
 

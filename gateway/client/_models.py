@@ -37,6 +37,13 @@ class CloneResult(Audio):
         return cls(audio=base64.b64decode(body["output_audio_base64"]), sample_rate=int(body["output_sample_rate"]),
                    duration=float(body["output_duration"]), request_id=body.get("request_id"), metadata=meta)
 
+    @property
+    def quality(self) -> dict[str, Any] | None:
+        """The gateway's checks of the output: `ok`, `problems`, and per-attempt figures (`similarity` with
+        `min_similarity`); None from a gateway too old to check."""
+        quality: dict[str, Any] | None = self.metadata.get("quality")
+        return quality
+
     def as_json(self) -> dict[str, Any]:
         """The endpoint's JSON answer as it came (what the seed's `/v1/voice-clone` returned, and more)."""
         return {**self.metadata, "output_audio_base64": base64.b64encode(self.audio).decode("ascii")}
@@ -51,6 +58,39 @@ class SpeechResult(Audio):
     request_id: str | None
     voice_id: str | None
     headers: dict[str, str] = field(repr=False)
+
+    @property
+    def quality_ok(self) -> bool | None:
+        """`X-Quality-Ok`: whether the output passed the gateway's checks (None when not reported)."""
+        value = self.headers.get("x-quality-ok")
+        return None if value is None else value == "true"
+
+    @property
+    def quality_problems(self) -> list[str]:
+        """`X-Quality-Problems`: what the checks found (`silent`, `clipping`, `too_short`, ...)."""
+        value = self.headers.get("x-quality-problems", "none")
+        return [] if value == "none" else value.split(",")
+
+
+@dataclass(frozen=True)
+class SpeakerEmbedding:
+    """`POST /v1/speaker-embedding`: an L2-normalised vector (256-d GE2E or 192-d ECAPA) of who is speaking."""
+
+    embedding: list[float]
+    dim: int
+    model: str
+    duration: float
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> SpeakerEmbedding:
+        return cls(embedding=[float(x) for x in body["embedding"]], dim=int(body["dim"]), model=str(body["model"]),
+                   duration=float(body["duration"]))
+
+    def similarity(self, other: SpeakerEmbedding) -> float:
+        """Cosine similarity (both are unit vectors): about 0.9 or more for the same voice with the same model."""
+        if other.model != self.model:
+            raise ValueError(f"embeddings of different models ({self.model}, {other.model}) do not compare")
+        return sum(a * b for a, b in zip(self.embedding, other.embedding, strict=True))
 
 
 @dataclass(frozen=True)

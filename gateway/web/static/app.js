@@ -123,7 +123,8 @@ async function saveVoice() {
   form.set("prompt_language", $("prompt-lang").value);
   const voice = await getJson("/v1/voices", { method: "POST", body: form });
   await loadVoices(voice.id);
-  say(`Saved voice ${voice.name}.`);
+  // e.g. that it sounds like a voice already saved (the gateway's `quality` extra compares them)
+  say([`Saved voice ${voice.name}.`, ...(voice.warnings ?? [])].join(" "));
 }
 
 // ---- voices ------------------------------------------------------------------------------------------------
