@@ -314,7 +314,7 @@ def test_extra_references_travel_with_clone_voices_and_speech(
     voice = client.create_voice("layered", ref, aux_references=extras[:2], prompt_text="A reference recording.",
                                 prompt_language="en")
     assert voice.data["aux_reference_sha256"] == sent  # the same recordings: the same stored files, in order
-    spoken = client.speech("The voice and one more.", voice=voice.id, aux_references=[extras[2]])
+    spoken = client.speech("The voice and one more.", voice=voice.id, aux_references=str(extras[2]))  # one path
     assert_clip(spoken.audio)
     assert spoken.quality_ok is True and spoken.quality_problems == []
     assert sent_aux(engine_v2)[:2] == sent and len(sent_aux(engine_v2)) == 3  # the voice's, then the request's

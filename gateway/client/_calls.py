@@ -95,8 +95,11 @@ def _uploads(named: Sequence[tuple[str, AudioInput | None]]) -> Files | None:
     return files or None
 
 
-def _aux(aux_references: Sequence[AudioInput]) -> list[tuple[str, AudioInput | None]]:
-    """Extra references of the same voice: repeated `aux_audio` files (api_v2 engines fuse the timbre)."""
+def _aux(aux_references: Sequence[AudioInput] | AudioInput) -> list[tuple[str, AudioInput | None]]:
+    """Extra references of the same voice: repeated `aux_audio` files (api_v2 engines fuse the timbre).
+    One path or bytes alone is one reference (a str is a Sequence too, of one-letter "paths")."""
+    if isinstance(aux_references, str | bytes | os.PathLike):
+        return [("aux_audio", aux_references)]
     return [("aux_audio", audio) for audio in aux_references]
 
 
