@@ -9,6 +9,7 @@ whose only engine does not exist for 503.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Iterator
@@ -326,6 +327,8 @@ def test_speaker_embedding_tells_voices_apart(client: Client, ref: Path, extras:
     other = client.speaker_embedding(extras[2])
     assert first.model == "ge2e" and first.dim == len(first.embedding) == 256 and 3.9 < first.duration < 4.1
     assert first.similarity(again) > 0.999 > first.similarity(other)
+    with pytest.raises(ValueError, match="different models"):  # 256-d GE2E and 192-d ECAPA live in other spaces
+        first.similarity(dataclasses.replace(other, model="ecapa"))
 
 
 def test_a_suspect_output_is_rendered_again_then_reported(busy: tuple[GatewayServer, EngineProcess], ref: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -12,7 +12,7 @@ import httpx
 from tenacity import AsyncRetrying
 
 from gateway.client import _calls as calls
-from gateway.client._calls import AudioInput, Call, ClientBase, EventParser
+from gateway.client._calls import AudioInput, AuxInput, Call, ClientBase, EventParser
 from gateway.client._errors import GatewayConnectionError, error_from_response, error_from_transport
 from gateway.client._models import CloneResult, Health, Job, SpeakerEmbedding, SpeechResult, Track, Voice
 
@@ -65,7 +65,7 @@ class AsyncClient(ClientBase[httpx.AsyncClient]):
 
     async def clone(
         self, text: str, reference: AudioInput | None = None, *, voice: str | None = None,
-        aux_references: Sequence[AudioInput] = (), **fields: Any,
+        aux_references: AuxInput = (), **fields: Any,
     ) -> CloneResult:
         """`POST /v1/voice-clone`: `reference` (a path or bytes) or a library `voice`, neither = the default
         voice; `aux_references`: more recordings of the same voice. Fields: `text_language`, `prompt_text`,
@@ -74,14 +74,14 @@ class AsyncClient(ClientBase[httpx.AsyncClient]):
 
     async def speech(
         self, text: str, *, voice: str | None = None, reference: AudioInput | None = None,
-        aux_references: Sequence[AudioInput] = (), response_format: str = "wav", **fields: Any,
+        aux_references: AuxInput = (), response_format: str = "wav", **fields: Any,
     ) -> SpeechResult:
         """`POST /v1/audio/speech` as one whole clip in `response_format` (wav, mp3, opus, aac, flac, pcm)."""
         return await self._call(calls.speech(text, voice, reference, aux_references, response_format, False, fields))
 
     def stream(
         self, text: str, *, voice: str | None = None, reference: AudioInput | None = None,
-        aux_references: Sequence[AudioInput] = (), response_format: str = "wav", **fields: Any,
+        aux_references: AuxInput = (), response_format: str = "wav", **fields: Any,
     ) -> AsyncIterator[bytes]:
         """The audio as it is made: an async iterator of encoded chunks (the request is sent on the first one)."""
         return self._chunks(calls.speech(text, voice, reference, aux_references, response_format, True, fields))
@@ -89,7 +89,7 @@ class AsyncClient(ClientBase[httpx.AsyncClient]):
     # ------------------------------------------------------------------------------------------ voices
 
     async def create_voice(
-        self, name: str, audio: AudioInput, *, aux_references: Sequence[AudioInput] = (), **fields: Any
+        self, name: str, audio: AudioInput, *, aux_references: AuxInput = (), **fields: Any
     ) -> Voice:
         """`aux_references`: more recordings of the same voice, kept with it. Fields: `prompt_text`,
         `prompt_language`, `description`, `model`, `trim_reference`. `voice.data["warnings"]` names an existing

@@ -23,6 +23,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 #: a recording: a file path, or the file's bytes
 AudioInput = str | os.PathLike[str] | bytes
+#: extra recordings of the same voice: several, or one alone
+AuxInput = Sequence[AudioInput] | AudioInput
 FileField = tuple[str, bytes, str]
 #: multipart files as (field, file) pairs: a field such as `aux_audio` may repeat
 Files = list[tuple[str, FileField]]
@@ -95,7 +97,7 @@ def _uploads(named: Sequence[tuple[str, AudioInput | None]]) -> Files | None:
     return files or None
 
 
-def _aux(aux_references: Sequence[AudioInput] | AudioInput) -> list[tuple[str, AudioInput | None]]:
+def _aux(aux_references: AuxInput) -> list[tuple[str, AudioInput | None]]:
     """Extra references of the same voice: repeated `aux_audio` files (api_v2 engines fuse the timbre).
     One path or bytes alone is one reference (a str is a Sequence too, of one-letter "paths")."""
     if isinstance(aux_references, str | bytes | os.PathLike):
@@ -129,7 +131,7 @@ def _nothing(response: httpx.Response) -> None:
 
 
 def clone(
-    text: str, reference: AudioInput | None, voice: str | None, aux_references: Sequence[AudioInput],
+    text: str, reference: AudioInput | None, voice: str | None, aux_references: AuxInput,
     fields: Mapping[str, Any],
 ) -> Call[CloneResult]:
     """`POST /v1/voice-clone` as multipart; unknown `fields` (engine knobs, new options) go through as form fields."""
@@ -150,7 +152,7 @@ def _speech_result(response_format: str) -> Callable[[httpx.Response], SpeechRes
 
 
 def speech(
-    text: str, voice: str | None, reference: AudioInput | None, aux_references: Sequence[AudioInput],
+    text: str, voice: str | None, reference: AudioInput | None, aux_references: AuxInput,
     response_format: str, stream: bool, fields: Mapping[str, Any],
 ) -> Call[SpeechResult]:
     """`POST /v1/audio/speech`: JSON, or multipart when recordings are sent along."""
@@ -176,7 +178,7 @@ def _voice(response: httpx.Response) -> Voice:
 
 
 def create_voice(
-    name: str, audio: AudioInput, aux_references: Sequence[AudioInput], fields: Mapping[str, Any]
+    name: str, audio: AudioInput, aux_references: AuxInput, fields: Mapping[str, Any]
 ) -> Call[Voice]:
     return Call("POST", "/v1/voices", _voice, data=_form({"name": name, **fields}),
                 files=_uploads([("audio", audio), *_aux(aux_references)]))
