@@ -6,9 +6,11 @@ for each encoder, on speech-like clips of a few lengths, with one torch thread (
 with torch's default, median of N runs after a warm-up. GE2E runs with
 Resemblyzer's shipped weights; ECAPA-TDNN with SpeechBrain's spkrec-ecapa-voxceleb layout (1024 channels,
 192-d) and random weights, which cost the same as trained ones. Needs the `quality` extra.
+Check cost: CPU milliseconds of the always-on checks (gateway/audio/quality.check) on a 5 s clip at 32 kHz,
+the median of 200 calls: paid on every whole clip served.
 Flagged shares: bench/quality_flags.py (the share of CPU engine outputs the always-on checks flag, clean and
 with each fault injected), printed second.
-Usage: python -m bench.quality [-n 7] [--rounds 4] [--skip-embeddings | --skip-flags]
+Usage: python -m bench.quality [-n 7] [--rounds 4] [--skip-embeddings] [--skip-flags]
 """
 
 from __future__ import annotations
@@ -100,6 +102,24 @@ def embedding_time_section(runs: int) -> str:
     return "\n".join(lines)
 
 
+def check_cost_section(calls: int = 200) -> str:
+    """The always-on checks' CPU time on a 5 s clip at the engines' 32 kHz (median of `calls` after a warm-up)."""
+    import soxr
+
+    from gateway.audio.quality import check
+
+    clip = soxr.resample(speech_like(5.0), ENCODER_RATE, 32000).astype(np.float32)
+    text = "A sentence of about the length this clip would take to say out loud."
+    check(clip, 32000, text, "en")
+    times = []
+    for _ in range(calls):
+        started = time.process_time()
+        check(clip, 32000, text, "en")
+        times.append(time.process_time() - started)
+    return (f"## Check cost\n\nquality checks on a 5 s clip at 32 kHz: {1000 * statistics.median(times):.2f} ms CPU "
+            f"(median of {calls})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-n", "--runs", type=int, default=7)
@@ -107,6 +127,7 @@ def main() -> None:
     parser.add_argument("--skip-embeddings", action="store_true")
     parser.add_argument("--skip-flags", action="store_true")
     args = parser.parse_args()
+    print(check_cost_section(), flush=True)
     if not args.skip_embeddings:
         print(embedding_time_section(args.runs), flush=True)
     if not args.skip_flags:
