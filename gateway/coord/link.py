@@ -9,6 +9,7 @@ have lost in a restart (this replica's engine leases, say) is re-established bef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -105,6 +106,11 @@ class RedisLink:
             if self.up:
                 return
             try:
+                # Redis restarted (or the network dropped): every idle pooled connection is dead too, and each
+                # would fail once on its next use, a 503 (or a job line's retry) per connection long after Redis
+                # answers again. Close them now; they reconnect on use.
+                with contextlib.suppress(*_DOWN_ERRORS):
+                    await self.client.connection_pool.disconnect(inuse_connections=False)
                 await self.client.ping()
                 for hook in self._hooks:
                     await hook()
