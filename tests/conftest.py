@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audio.intake import PreparedReference
+from tests.redis_support import RedisServer, running_redis
 from tests.support import EngineProcess, make_reference, prepared_reference, running_engine
 
 
@@ -27,6 +28,13 @@ def engine_v2() -> Iterator[EngineProcess]:
 def anyio_backend() -> str:
     """Async tests (marked anyio) run on asyncio, like the gateway under uvicorn."""
     return "asyncio"
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of the test's own on a free port (tests restart or stop it at will)."""
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -1,34 +1,22 @@
 """The replicas' Redis link against a real redis-server: once Redis answers again after a restart, no command
 fails on a connection the restart left dead in the pool (each used to fail once, one 503 or one job-line retry
-per pooled connection, seconds after Redis was back: CI saw a job line take three attempts)."""
+per pooled connection, seconds after Redis was back: under load a job line took three attempts)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from gateway.coord.link import RedisLink
 from gateway.settings import Settings
-from tests.redis_support import RedisServer, running_redis
+from tests.redis_support import RedisServer
 from tests.support import wait_until_async
 
 pytestmark = pytest.mark.anyio
 
 #: commands at once: the pool holds this many connections when Redis restarts
 WIDTH = 6
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
 
 
 async def side_by_side(link: RedisLink) -> list[object]:

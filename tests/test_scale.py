@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.gateway_support import GatewayProcess, gateway_process
-from tests.redis_support import RedisServer, running_redis
+from tests.redis_support import RedisServer
 from tests.support import EngineProcess, assert_speech, decode_wav, engine_stats, make_reference, running_engine
 
 LEASE_SECONDS = 1.0
@@ -30,12 +30,6 @@ def engines() -> Iterator[list[EngineProcess]]:
     with ExitStack() as stack:
         yield [stack.enter_context(running_engine("--debug-routes", "--instant", "--delay", "0.1"))
                for _ in range(4)]
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
 
 
 @contextmanager

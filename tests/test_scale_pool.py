@@ -4,7 +4,7 @@ Redis link, all in one event loop (the subprocess tests in test_scale.py add SIG
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from gateway.engine.pool import EnginePool
 from gateway.errors import EngineUnavailable, QueueFull
 from gateway.logs import request_id_var
 from gateway.settings import ModelWeights
-from tests.redis_support import RedisServer, running_redis
+from tests.redis_support import RedisServer
 from tests.support import (
     EngineProcess,
     engine_stats_async,
@@ -29,17 +29,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

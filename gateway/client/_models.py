@@ -87,7 +87,8 @@ class SpeakerEmbedding:
                    duration=float(body["duration"]))
 
     def similarity(self, other: SpeakerEmbedding) -> float:
-        """Cosine similarity (both are unit vectors): about 0.9 or more for the same voice with the same model."""
+        """Cosine similarity (both are unit vectors); the gateway warns of a duplicate voice from 0.9
+        (GATEWAY_VOICE_DUPLICATE_SIMILARITY)."""
         if other.model != self.model:
             raise ValueError(f"embeddings of different models ({self.model}, {other.model}) do not compare")
         return sum(a * b for a, b in zip(self.embedding, other.embedding, strict=True))
